@@ -1,0 +1,44 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data
+RUN ?= runs/demo
+
+.PHONY: demo test install venv bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+# torch first, from a variable a user can override (e.g. a CUDA build), then the project.
+install: venv
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+
+demo: install
+	$(BIN)/scratchlm datasets get shakespeare --out $(DATA)/raw/shakespeare
+	$(BIN)/scratchlm prepare $(DATA)/raw/shakespeare --out $(DATA)/shakespeare-char --tokenizer char
+	$(BIN)/scratchlm train --config configs/demo.yaml --data $(DATA)/shakespeare-char --out $(RUN) --overwrite
+	$(BIN)/scratchlm generate $(RUN)/final --prompt "ROMEO:" --max-new-tokens 300 --num-samples 3 --temperature 0.8 --top-k 40 --seed 1
+	$(BIN)/scratchlm evaluate $(RUN)/final --data $(DATA)/shakespeare-char
+	$(BIN)/scratchlm plot $(RUN)
+	@echo ""
+	@echo "Done. The model directory is $(RUN)/final and the loss curve $(RUN)/loss.png."
+	@echo "Generate more text with:"
+	@echo "  $(BIN)/scratchlm generate $(RUN)/final --prompt \"JULIET:\" --max-new-tokens 500 --temperature 0.8 --top-p 0.95"
+	@echo "  $(BIN)/python -c \"import scratchlm; m, t = scratchlm.load('$(RUN)/final'); print(scratchlm.generate(m, t, prompt='HAMLET:', max_new_tokens=200)[0])\""
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/decode_speed.py
+	$(BIN)/python bench/quality_char.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache
