@@ -1,0 +1,63 @@
+"""Generate text from a model directory, streaming to the terminal:
+`scratchlm generate MODEL_DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
+--top-p P --min-p P --repetition-penalty R --stop STR --seed S --num-samples N --greedy]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from scratchlm.generate import GenerationConfig, generate
+from scratchlm.generate.decode import max_new_tokens_for
+from scratchlm.modeldir import load
+
+HELP = "generate text from a model directory"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--greedy", action="store_true", help="same as --temperature 0")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
+        num_samples=args.num_samples,
+    )
+    model, tokenizer = load(args.model_dir, device=torch.device(args.device))
+    n_prompt = len(tokenizer.encode(args.prompt)) or 1
+    fits = max_new_tokens_for(model, n_prompt, config.max_new_tokens)
+    if fits < config.max_new_tokens:
+        print(f"note: only {fits} new tokens fit in the model's context "
+              f"({model.config.block_size}) after a {n_prompt}-token prompt", file=sys.stderr)
+    if config.num_samples == 1:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+
+        def stream(row: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        generate(model, tokenizer, args.prompt, config, on_text=stream)
+        sys.stdout.write("\n")
+        return 0
+    texts = generate(model, tokenizer, args.prompt, config)
+    for i, text in enumerate(texts, 1):
+        print(f"--- sample {i} ---\n{args.prompt}{text}")
+    return 0

@@ -1,0 +1,80 @@
+"""Pretrain a model on prepared data:
+`scratchlm train --data DATA_DIR --out RUN_DIR [--config FILE.yaml] [--section.key VALUE ...] [--resume]`.
+
+Overrides are dotted keys, e.g. `--model.n_layer 6 --train.lr 3e-4 --model.family gpt`.
+With --resume and no --config, the run's own config.yaml is the starting point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from scratchlm.config import load_run_config
+from scratchlm.data.pretrain import TokenData
+from scratchlm.errors import ScratchLMError
+from scratchlm.eval.plot import plot_run
+from scratchlm.registry import build_model
+from scratchlm.train.trainer import Trainer, clear_run_dir
+
+HELP = "train a model (config YAML + --section.key VALUE overrides)"
+ACCEPTS_OVERRIDES = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data directory from `scratchlm prepare` (sets data.dir)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help="YAML recipe, e.g. configs/demo.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last/")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    out = Path(args.out)
+    config_path = args.config
+    if args.resume and args.overwrite:
+        raise ScratchLMError("--resume and --overwrite contradict each other; pick one")
+    if args.resume and not config_path and (out / "config.yaml").is_file():
+        config_path = out / "config.yaml"
+    cfg = load_run_config(config_path, overrides=extra)
+    if args.data:
+        cfg.data.dir = args.data
+    if not cfg.data.dir:
+        raise ScratchLMError("no data: pass --data DATA_DIR (from `scratchlm prepare`)")
+    data = TokenData(cfg.data.dir)
+    if cfg.model.vocab_size == 0:
+        cfg.model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size)
+    elif cfg.model.vocab_size < data.vocab_size:
+        raise ScratchLMError(
+            f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the data's vocabulary "
+            f"({data.vocab_size}); leave it at 0 to take the data's"
+        )
+    data.check_block_size(cfg.model.block_size)
+    if args.overwrite:
+        clear_run_dir(out)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    m = cfg.model
+    print(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters "
+          f"({m.n_layer} layers, {m.n_head} heads, {m.kv_heads} kv heads, d_model {m.d_model}, "
+          f"context {m.block_size}); data: {data.dir} "
+          f"({len(data.splits['train']):,} train tokens)")
+    block = m.block_size
+    trainer = Trainer(
+        model=model,
+        config=cfg,
+        tokenizer=data.tokenizer(),
+        batches=lambda split, rng: data.batch(split, batch_size=cfg.train.batch_size,
+                                              block_size=block, rng=rng),
+        out_dir=out,
+    )
+    summary = trainer.fit(resume=args.resume)
+    png = plot_run(out)
+    print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
+          f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    print(f"model directory: {out / 'final'}; loss curve: {png}")
+    print(f"generate with:  scratchlm generate {out / 'final'} --prompt \"...\" --max-new-tokens 200")
+    return 0

@@ -1,0 +1,273 @@
+"""Configuration: one dataclass per section, YAML recipes, dotted CLI overrides.
+
+A run config has three sections: `model` (the family's own dataclass, chosen by
+`model.family`), `train` and `data`. Values come from, in order: the dataclass defaults, the
+family's named preset (`model.preset`), a YAML file, then `--section.key VALUE` overrides.
+Unknown keys and wrong types raise ScratchLMError naming the key and the closest valid one.
+
+    cfg = load_run_config("configs/demo.yaml", overrides=["--model.n_layer", "6"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scratchlm.errors import ScratchLMError
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class DecoderConfig:
+    """Fields every decoder-only Transformer family shares. Families subclass it."""
+
+    family: str = "llama"
+    preset: str | None = None
+    vocab_size: int = 0  # 0: taken from the prepared data's tokenizer
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: same as n_head (no grouped-query attention)
+    d_model: int = 128
+    d_ff: int | None = None  # None: the family's default width for its MLP
+    block_size: int = 256
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "d_model", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ScratchLMError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ScratchLMError(f"model.vocab_size must be >= 0, got {self.vocab_size}")
+        if self.d_model % self.n_head:
+            raise ScratchLMError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.kv_heads <= 0 or self.n_head % self.kv_heads:
+            raise ScratchLMError(
+                f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.kv_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ScratchLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_every: int = 250
+    eval_batches: int = 20
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast); auto: bf16 on CUDA, else fp32
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every",
+                     "log_every", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ScratchLMError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ScratchLMError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ScratchLMError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ScratchLMError(
+                f"train.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            )
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""  # a directory written by `scratchlm prepare`
+
+
+@dataclass
+class RunConfig:
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- building
+def _type_of(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and for CLI strings, convert) `value` against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ScratchLMError as e:
+                errors.append(e)
+        raise errors[0]
+    want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+    if isinstance(value, str) and tp is not str:
+        text = value.strip()
+        try:
+            if tp is bool:
+                low = text.lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError
+            if tp is int:
+                return int(text)
+            return float(text)
+        except ValueError:
+            raise ScratchLMError(f"{key} must be {want}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ScratchLMError(f"{key} must be {want}, got {value!r}")
+    return value
+
+
+def _check_keys(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for k, v in values.items():
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else ""
+            raise ScratchLMError(
+                f"unknown config key {section}.{k}{hint} (valid: {', '.join(names)})"
+            )
+        out[k] = _coerce(v, _type_of(cls, k), f"{section}.{k}")
+    return out
+
+
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    return cls(**_check_keys(cls, values, section))
+
+
+def build_model_config(values: dict[str, Any]) -> DecoderConfig:
+    """Pick the family's dataclass from `family`, fill it from its preset, then `values`."""
+    from scratchlm.registry import get_family
+
+    family = values.get("family", DecoderConfig.family)
+    spec = get_family(family)
+    preset = values.get("preset")
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in spec.presets:
+            close = difflib.get_close_matches(str(preset), spec.presets, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ScratchLMError(
+                f"unknown model.preset {preset!r} for family {family!r}{hint} "
+                f"(presets: {', '.join(spec.presets)})"
+            )
+        merged.update(spec.presets[preset])
+    merged.update(values)
+    merged["family"] = family
+    return build_section(spec.config_cls, merged, "model")
+
+
+SECTIONS = {"model": None, "train": TrainConfig, "data": DataConfig}
+
+
+def parse_overrides(args: list[str]) -> dict[str, dict[str, str]]:
+    """['--model.n_layer', '6', '--train.lr=3e-4'] -> {'model': {'n_layer': '6'}, 'train': {...}}."""
+    out: dict[str, dict[str, str]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ScratchLMError(
+                f"unexpected argument {arg!r}; config overrides look like --section.key VALUE "
+                f"(sections: {', '.join(SECTIONS)})"
+            )
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ScratchLMError(f"--{key} needs a value")
+            value = args[i + 1]
+            i += 2
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f"; did you mean --{close[0]}.{name}?" if close else ""
+            raise ScratchLMError(f"unknown config section in --{key}{hint}")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchLMError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ScratchLMError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ScratchLMError(f"config file {path} must be a mapping of sections")
+    return data
+
+
+def run_config_from_dict(
+    data: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None
+) -> RunConfig:
+    for section in data:
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ScratchLMError(f"unknown config section {section!r}{hint}")
+    merged = {s: dict(data.get(s) or {}) for s in SECTIONS}
+    for s, vals in (overrides or {}).items():
+        merged[s].update(vals)
+    return RunConfig(
+        model=build_model_config(merged["model"]),
+        train=build_section(TrainConfig, merged["train"], "train"),
+        data=build_section(DataConfig, merged["data"], "data"),
+    )
+
+
+def load_run_config(path: str | Path | None, *, overrides: list[str] = ()) -> RunConfig:
+    data = load_yaml(path) if path else {}
+    return run_config_from_dict(data, parse_overrides(list(overrides)))

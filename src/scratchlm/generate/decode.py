@@ -1,0 +1,199 @@
+"""One token generator over the decoder protocol, and text generation on top of it.
+
+    for tokens in generate_tokens(model, input_ids, config=GenerationConfig(temperature=0)):
+        ...  # tokens: (B,) next token of every row; finished rows get the pad id
+
+    texts = generate(model, tokenizer, "ROMEO:", GenerationConfig(max_new_tokens=50))
+
+The prompt is run once to fill the KV cache; every step after feeds one token per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.generate import sampling
+from scratchlm.tokenizers import Tokenizer
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 100
+    temperature: float = 1.0  # 0: greedy (argmax)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    seed: int | None = None
+    num_samples: int = 1
+    ignore_eos: bool = False  # keep going after <|eos|> (benchmarks)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.num_samples >= 1, "num_samples must be at least 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ScratchLMError(msg)
+        if any(not s for s in self.stop):
+            raise ScratchLMError("stop strings must not be empty")
+
+
+def _next_token(
+    logits: torch.Tensor, seen: torch.Tensor | None, cfg: GenerationConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """(B, V) logits -> (B,) tokens."""
+    if seen is not None:
+        logits = sampling.repetition_penalty(logits, seen, cfg.repetition_penalty)
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    logits = sampling.top_k(logits, cfg.top_k)
+    logits = sampling.top_p(logits, cfg.top_p)
+    logits = sampling.min_p(logits, cfg.min_p)
+    return sampling.sample(logits, generator)
+
+
+def max_new_tokens_for(model: torch.nn.Module, prompt_len: int, wanted: int) -> int:
+    """How many tokens fit after a prompt in the model's context; errors if none do."""
+    block = model.config.block_size
+    if prompt_len >= block:
+        raise ScratchLMError(
+            f"the prompt is {prompt_len} tokens but the model's context is {block} tokens; "
+            "shorten the prompt"
+        )
+    return min(wanted, block - prompt_len)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    config: GenerationConfig,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B,), until max_new_tokens or every row hit eos.
+
+    `input_ids` (B, T) are prompts of equal length. max_new_tokens is capped to what fits
+    in the model's context (see `max_new_tokens_for`)."""
+    B, T = input_ids.shape
+    n_new = max_new_tokens_for(model, T, config.max_new_tokens)
+    device = input_ids.device
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    seen = None
+    if config.repetition_penalty != 1.0:
+        seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, input_ids, True)
+    cache = model.init_cache(batch_size=B, max_len=T + n_new)
+    logits, cache = model(input_ids, cache=cache)  # prefill: (B, T, V)
+    logits = logits[:, -1]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    stop_on_eos = eos_id is not None and not config.ignore_eos
+    for i in range(n_new):
+        tok = _next_token(logits, seen, config, generator)  # (B,)
+        tok = tok.masked_fill(finished, pad_id)
+        yield tok
+        if stop_on_eos:
+            finished |= tok == eos_id
+            if bool(finished.all()):
+                return
+        if i == n_new - 1:
+            return
+        if seen is not None:
+            seen.scatter_(1, tok[:, None], True)
+        logits, cache = model(tok[:, None], cache=cache)  # (B, 1, V)
+        logits = logits[:, -1]
+
+
+class _TextStream:
+    """Incremental detokenization of one row, holding back text that might still change:
+    a partial UTF-8 character, or a prefix of a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
+        self.tok = tokenizer
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.done = False
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        """Add a token; return newly safe text."""
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        for s in self.stop:
+            at = text.find(s, max(0, self.emitted - len(s)))
+            if at != -1:
+                self.done = True
+                text = text[:at]
+        self.text = text
+        if self.done:
+            return self.finish()
+        end = len(text) - self.hold
+        while end > self.emitted and text[end - 1] == "\ufffd":
+            end -= 1  # an incomplete multi-byte character
+        if end <= self.emitted:
+            return ""
+        out = text[self.emitted : end]
+        self.emitted = end
+        return out
+
+    def finish(self) -> str:
+        out = self.text[self.emitted :]
+        self.emitted = len(self.text)
+        return out
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    config: GenerationConfig | None = None,
+    *,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Generate `config.num_samples` continuations of `prompt` in one batch.
+
+    Returns the generated texts (without the prompt). `on_text(row, text)` is called with
+    each piece of text as soon as it is final (for streaming to a terminal)."""
+    config = config or GenerationConfig()
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        ids = [tokenizer.bos_id]
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids] * config.num_samples, dtype=torch.long, device=device)
+    streams = [_TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
+    for tokens in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
+                                  pad_id=tokenizer.pad_id):
+        for row, t in enumerate(tokens.tolist()):
+            s = streams[row]
+            if s.done or (t == tokenizer.eos_id and not config.ignore_eos):
+                s.done = True
+                continue
+            piece = s.push(t)
+            if piece and on_text:
+                on_text(row, piece)
+        if all(s.done for s in streams):
+            break
+    for row, s in enumerate(streams):
+        rest = s.finish()
+        if rest and on_text:
+            on_text(row, rest)
+    return [s.text for s in streams]

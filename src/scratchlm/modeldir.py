@@ -1,0 +1,118 @@
+"""The model directory: the unit every step after training takes.
+
+    RUN_DIR/final/
+      config.json              Hugging Face config (+ a "scratchlm" block with our config)
+      model.safetensors        weights under Hugging Face names
+      tokenizer.json, tokenizer_config.json
+      generation_config.json
+
+`transformers.AutoModelForCausalLM.from_pretrained(dir)` loads gpt and llama directories.
+`model, tokenizer = scratchlm.load(dir)` loads ours (and plain HF GPT-2/Llama directories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from scratchlm.config import build_model_config
+from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_dir, read_json, write_json
+from scratchlm.interop import hf
+from scratchlm.registry import build_model
+from scratchlm.tokenizers import Tokenizer
+
+FORMAT = "scratchlm-model/1"
+
+
+def write_model_files(
+    directory: Path, model: torch.nn.Module, tokenizer: Tokenizer,
+    *, generation: dict[str, Any] | None = None,
+) -> None:
+    """Write a model directory's files into an existing (temporary) directory."""
+    cfg = model.config
+    ours = dataclasses.asdict(cfg)
+    config = hf.to_hf_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                             pad_id=tokenizer.pad_id)
+    config["scratchlm"] = {"format": FORMAT, "model": ours}
+    write_json(directory / "config.json", config)
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    save_file(hf.to_hf_state_dict(cfg, state), str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    tokenizer.save(directory, model_max_length=cfg.block_size)
+    gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+           "pad_token_id": tokenizer.pad_id, **(generation or {})}
+    write_json(directory / "generation_config.json", gen)
+
+
+def save_model_dir(
+    path: str | os.PathLike, model: torch.nn.Module, tokenizer: Tokenizer,
+    *, generation: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete model directory atomically (replacing an old one at `path`)."""
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, model, tokenizer, generation=generation)
+    return Path(path)
+
+
+def read_model_config(path: str | os.PathLike):
+    d = Path(path)
+    if not d.is_dir():
+        raise ScratchLMError(f"model directory {d} does not exist")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise ScratchLMError(f"{d} is not a model directory (no config.json)")
+    try:
+        raw = read_json(cfg_path)
+    except ValueError as e:
+        raise ScratchLMError(f"{cfg_path} is not valid JSON ({e})") from None
+    values = raw["scratchlm"]["model"] if "scratchlm" in raw else hf.from_hf_config(raw)
+    return build_model_config(values)
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ScratchLMError(f"{path.parent} has no {path.name}; was the run finished?")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScratchLMError(f"{path} is corrupt or not a safetensors file ({e})") from None
+
+
+def load(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.nn.Module, Tokenizer]:
+    """Load a model directory: returns (model in eval mode, tokenizer)."""
+    d = Path(path)
+    config = read_model_config(d)
+    tokenizer = Tokenizer.load(d)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ScratchLMError(
+            f"{d}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
+        )
+    model = build_model(config)
+    state = hf.from_hf_state_dict(config, load_state(d / "model.safetensors"))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ScratchLMError(
+            f"{d}/model.safetensors does not match config.json (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise ScratchLMError(
+                f"{d}/model.safetensors: {k} has shape {tuple(state[k].shape)}, config says {tuple(v.shape)}"
+            )
+    model.load_state_dict(state)
+    model.to(device=device, dtype=dtype)
+    return model.eval(), tokenizer
+

@@ -1,0 +1,1 @@
+"""Model families, one file each. See scratchlm.registry for the list."""

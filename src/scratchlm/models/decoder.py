@@ -1,0 +1,75 @@
+"""What every decoder-only family has in common: the decoder protocol around its blocks.
+
+    cache = model.init_cache(batch_size=B, max_len=L)
+    logits = model(input_ids)                       # (B, T, vocab), no cache
+    logits, cache = model(input_ids, cache=cache)   # incremental decoding
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from scratchlm.config import DecoderConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.models.cache import KVCache
+
+
+class DecoderLM(nn.Module):
+    config: DecoderConfig
+    # Names of the linear layers that write into the residual stream: their init is scaled
+    # by 1/sqrt(2 * n_layer) (GPT-2 paper, section 2.3).
+    residual_projections: tuple[str, ...] = ()
+
+    def init_cache(self, *, batch_size: int, max_len: int) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(
+            n_layer=self.config.n_layer,
+            batch_size=batch_size,
+            n_kv_head=self.config.kv_heads,
+            head_dim=self.config.head_dim,
+            max_len=max_len,
+            device=p.device,
+            dtype=p.dtype,
+        )
+
+    def init_weights(self) -> None:
+        std = self.config.init_std
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                scale = std / math.sqrt(2 * self.config.n_layer)
+                is_resid = name.rsplit(".", 1)[-1] in self.residual_projections
+                nn.init.normal_(m.weight, mean=0.0, std=scale if is_resid else std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+
+    def num_params(self, *, non_embedding: bool = False) -> int:
+        seen = {}
+        for p in self.parameters():
+            seen[id(p)] = p.numel()
+        n = sum(seen.values())
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def _check_input(self, input_ids: torch.Tensor, cache: KVCache | None) -> int:
+        """Validate shapes; return the position of the first new token."""
+        if input_ids.dim() != 2:
+            raise ScratchLMError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+        start = 0 if cache is None else cache.length
+        t = input_ids.shape[1]
+        if cache is not None:
+            cache.check_room(t)
+        return start
+
+    def _finish(
+        self, logits: torch.Tensor, cache: KVCache | None, t: int
+    ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        if cache is None:
+            return logits
+        cache.advance(t)
+        return logits, cache

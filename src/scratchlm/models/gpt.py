@@ -1,0 +1,135 @@
+"""GPT-2 style decoder (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP,
+tied input/output embeddings, biases everywhere.
+
+Weight names follow Hugging Face `GPT2LMHeadModel` (transformer.wte, transformer.h.N.attn.c_attn,
+...), with `nn.Linear` in place of GPT-2's transposed Conv1D: export transposes those weights
+(scratchlm.interop.hf).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchlm.config import DecoderConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.models.attention import causal_attention
+from scratchlm.models.cache import KVCache
+from scratchlm.models.decoder import DecoderLM
+
+
+@dataclass
+class GPTConfig(DecoderConfig):
+    family: str = "gpt"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_kv_head not in (None, self.n_head):
+            raise ScratchLMError(
+                "model.n_kv_head must equal model.n_head for the gpt family "
+                "(grouped-query attention is a llama feature)"
+            )
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 64},
+    # nanoGPT's CPU recipe for Shakespeare.
+    "small": {"n_layer": 4, "n_head": 4, "d_model": 128, "block_size": 64},
+    "16m": {"n_layer": 6, "n_head": 6, "d_model": 384, "block_size": 256},
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "d_model": 768, "block_size": 1024},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "d_model": 1024, "block_size": 1024},
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # fused q, k, v
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, *, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, nh, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
+        y = causal_attention(
+            q, k, v, cache=cache, layer=layer, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, cfg.ffn_dim)
+        self.c_proj = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2's "gelu_new" is the tanh approximation of GELU.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, *, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(DecoderLM):
+    residual_projections = ("c_proj",)
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ScratchLMError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.d_model),
+                "wpe": nn.Embedding(config.block_size, config.d_model),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                "ln_f": nn.LayerNorm(config.d_model, eps=config.norm_eps),
+            }
+        )
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.init_weights()
+        self.lm_head.weight = self.transformer.wte.weight  # tied (Press & Wolf 2017)
+
+    def forward(
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
+        start = self._check_input(input_ids, cache)
+        T = input_ids.shape[1]
+        if start + T > self.config.block_size:
+            raise ScratchLMError(
+                f"sequence of {start + T} tokens is longer than the context "
+                f"(model.block_size = {self.config.block_size})"
+            )
+        pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache=cache, layer=i)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        return self._finish(logits, cache, T)

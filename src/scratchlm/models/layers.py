@@ -1,0 +1,61 @@
+"""Building blocks that more than one family shares unchanged."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), as in Llama: x / rms(x) * weight."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Compute in fp32 like the reference implementations, then cast back.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021, RoFormer), "rotate half" layout as in HF Llama."""
+
+    def __init__(self, head_dim: int, *, max_len: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_len)
+
+    def _build(self, max_len: int) -> None:
+        pos = torch.arange(max_len, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = torch.outer(pos, self.inv_freq)  # (L, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (L, hd)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, *, start: int) -> torch.Tensor:
+        """x: (B, nh, T, hd) at positions start .. start+T-1."""
+        t = x.shape[2]
+        if start + t > self.cos.shape[0]:
+            self._build(start + t)
+        cos = self.cos[start : start + t].to(x.dtype)  # (T, hd)
+        sin = self.sin[start : start + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * cos + rotated * sin
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP with SiLU (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def __init__(self, d_model: int, d_ff: int, *, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,52 @@
+"""Checkpoints: a model directory plus `trainer_state.pt` (optimizer, step, RNG states).
+
+Everything in trainer_state.pt is tensors and plain containers, so it loads with
+`torch.load(weights_only=True)`: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_dir
+from scratchlm.modeldir import write_model_files
+from scratchlm.tokenizers import Tokenizer
+
+STATE_FILE = "trainer_state.pt"
+
+
+def save_checkpoint(
+    path: str | os.PathLike, *, model: torch.nn.Module, tokenizer: Tokenizer,
+    state: dict[str, Any],
+) -> None:
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, model, tokenizer)
+        torch.save(state, tmp / STATE_FILE)
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / STATE_FILE
+    if not p.is_file():
+        raise ScratchLMError(f"{p} is missing: nothing to resume from")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt file
+        raise ScratchLMError(f"{p} is corrupt ({type(e).__name__}); cannot resume") from None
+
+
+def rng_state() -> dict[str, Any]:
+    out: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,299 @@
+"""The one training loop, for pretraining and (in later work) every kind of fine-tuning.
+
+What differs between kinds of training is only the batches (labels masked with -100 where
+no loss is wanted), which parameters have requires_grad, and the loss function; the loop is
+this one. A run directory holds:
+
+    config.yaml      the resolved config of the run
+    metrics.jsonl    one JSON line per log step: step, train_loss, val_loss, lr, tokens_per_s
+    last/            model directory + trainer_state.pt: what --resume continues from
+    best/            model directory with the lowest validation loss so far
+    final/           model directory at the end of the run
+
+Resume is exact: batches are a function of (seed, step, micro-step), and the optimizer,
+step and RNG states are restored, so on CPU a resumed run ends bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from scratchlm.config import RunConfig, run_config_from_dict
+from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_file
+from scratchlm.modeldir import load_state, save_model_dir
+from scratchlm.interop import hf
+from scratchlm.tokenizers import Tokenizer
+from scratchlm.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.optim import lr_at, make_optimizer
+
+Batch = dict[str, torch.Tensor]
+BatchFn = Callable[[str, np.random.Generator], Batch]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+# Train keys that may change on --resume without changing the result of the steps already run.
+RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
+                        "device", "compile"}
+EVAL_STREAM = 0x5EED_E7A1  # a separate seed stream for the fixed validation batches
+
+
+def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over labels that are not -100."""
+    logits = model(batch["input_ids"])  # (B, T, V)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ScratchLMError(f"train.device={name} but CUDA is not available; use cpu or auto")
+    return torch.device(name)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast only where it is fast: bf16 on CUDA that supports it. On CPU, fp32 (bf16
+    matmuls are ~100x slower on CPUs without AMX)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        config: RunConfig,
+        tokenizer: Tokenizer,
+        batches: BatchFn,
+        out_dir: str | Path,
+        loss_fn: LossFn = lm_loss,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.train
+        self.tokenizer = tokenizer
+        self.batches = batches
+        self.loss_fn = loss_fn
+        self.out = Path(out_dir)
+        self.show_progress = show_progress
+        self.device = resolve_device(self.cfg.device)
+        self.amp_dtype = autocast_dtype(self.cfg.dtype, self.device)
+        self.model = model.to(self.device)
+        self.forward_model = torch.compile(model) if self.cfg.compile else model
+        self.optimizer = make_optimizer(model, self.cfg, device_type=self.device.type)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best_val = math.inf
+        self.tokens_per_step = None  # filled from the first batch
+
+    # ------------------------------------------------------------------ run directory
+    def _prepare_run_dir(self, *, resume: bool) -> None:
+        cfg_path = self.out / "config.yaml"
+        if resume:
+            if not (self.out / "last").is_dir():
+                raise ScratchLMError(f"{self.out} has no checkpoint (last/) to resume from")
+            self._check_compatible(cfg_path)
+            self._load_checkpoint(self.out / "last")
+        elif (self.out / "last").exists() or (self.out / "metrics.jsonl").exists():
+            raise ScratchLMError(
+                f"{self.out} already holds a run; pass --resume to continue it, --overwrite to "
+                "start over, or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cfg_path) as f:
+            yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+
+    def _check_compatible(self, cfg_path: Path) -> None:
+        if not cfg_path.is_file():
+            raise ScratchLMError(f"{cfg_path} is missing; cannot check the run can be resumed")
+        old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        old_cfg = run_config_from_dict({"model": old["model"], "train": old["train"]})
+        new = self.config.to_dict()
+        diffs = [f"model.{k}" for k, v in old_cfg.to_dict()["model"].items() if new["model"][k] != v]
+        diffs += [f"train.{k}" for k, v in old_cfg.to_dict()["train"].items()
+                  if k not in RESUMABLE_TRAIN_KEYS and new["train"][k] != v]
+        if diffs:
+            raise ScratchLMError(
+                f"cannot resume {self.out}: the config differs from the run's in {', '.join(diffs)} "
+                f"(only {', '.join(sorted(RESUMABLE_TRAIN_KEYS))} may change)"
+            )
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = load_trainer_state(path)
+        weights = hf.from_hf_state_dict(self.model.config, load_state(path / "model.safetensors"))
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best_val = float(state["best_val"])
+        self._truncate_metrics(self.step)
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "best_val": self.best_val,
+            # The schedule is a pure function of the step (optim.lr_at); kept for readers.
+            "lr": lr_at(max(self.step - 1, 0), self.cfg),
+        }
+        save_checkpoint(self.out / "last", model=self.model, tokenizer=self.tokenizer, state=state)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= step]
+        with atomic_file(path) as f:
+            f.write("".join(ln + "\n" for ln in keep))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over `eval_batches` fixed validation batches (the same every time)."""
+        self.model.eval()
+        total = 0.0
+        for i in range(self.cfg.eval_batches):
+            rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, i])
+            batch = self._to_device(self.batches("val", rng))
+            with self._autocast():
+                total += float(self.loss_fn(self.forward_model, batch))
+        self.model.train()
+        return total / self.cfg.eval_batches
+
+    def _train_step(self) -> float:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            rng = np.random.default_rng([cfg.seed, self.step, micro])
+            batch = self._to_device(self.batches("train", rng))
+            if self.tokens_per_step is None:
+                self.tokens_per_step = batch["input_ids"].numel() * cfg.grad_accum
+            with self._autocast():
+                loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        value = float(loss_sum)
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise ScratchLMError(
+                f"loss became {value} at step {self.step + 1}; the weights of that step were not "
+                f"applied. Lower train.lr (now {cfg.lr}) or check the data; the last good "
+                f"checkpoint is in {self.out / 'last'}"
+            )
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return value
+
+    def fit(self, *, resume: bool = False, until_step: int | None = None) -> dict[str, Any]:
+        """Train to train.max_steps (or stop after `until_step`, as if interrupted there).
+        Returns a summary: step, last train loss, best and last validation loss."""
+        cfg = self.cfg
+        self._prepare_run_dir(resume=resume)
+        if not resume:
+            torch.manual_seed(cfg.seed)  # dropout's RNG; a resumed run restores its own
+        stop = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=None if self.show_progress is None else not self.show_progress,
+                   dynamic_ncols=True)
+        last_loss, val_loss = math.nan, math.nan
+        t_log, steps_since = time.perf_counter(), 0
+        try:
+            while self.step < stop:
+                last_loss = self._train_step()
+                steps_since += 1
+                bar.update(1)
+                record: dict[str, Any] | None = None
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    dt = time.perf_counter() - t_log
+                    tok_s = self.tokens_per_step * steps_since / max(dt, 1e-9)
+                    record = {"step": self.step, "train_loss": last_loss,
+                              "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1)}
+                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                    t_log, steps_since = time.perf_counter(), 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    val_loss = self.evaluate()
+                    record = record or {"step": self.step, "train_loss": last_loss,
+                                        "lr": lr_at(self.step - 1, cfg)}
+                    record["val_loss"] = val_loss
+                    bar.write(f"step {self.step}: train loss {last_loss:.4f}, val loss "
+                              f"{val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}")
+                    if val_loss < self.best_val:
+                        self.best_val = val_loss
+                        save_model_dir(self.out / "best", self.model, self.tokenizer)
+                    t_log = time.perf_counter()  # do not count eval time in tokens/s
+                if record is not None:
+                    self._log(record)
+                if self.step % cfg.save_every == 0 or self.step == stop:
+                    self._save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            self._save_checkpoint()
+            raise ScratchLMError(
+                f"interrupted; step {self.step} is saved in {self.out / 'last'}: continue with "
+                f"the same command and --resume"
+            ) from None
+        bar.close()
+        if self.step >= cfg.max_steps:
+            save_model_dir(self.out / "final", self.model, self.tokenizer)
+        return {"step": self.step, "train_loss": last_loss, "val_loss": val_loss,
+                "best_val_loss": self.best_val}
+
+
+def clear_run_dir(path: str | Path) -> None:
+    """Remove a previous run's outputs (for --overwrite)."""
+    p = Path(path)
+    for name in ("last", "best", "final", "metrics.jsonl", "config.yaml", "loss.png"):
+        q = p / name
+        if q.is_dir():
+            shutil.rmtree(q)
+        elif q.exists():
+            q.unlink()
