@@ -252,7 +252,7 @@ class Trainer:
                 steps_since += 1
                 bar.update(1)
                 record: dict[str, Any] | None = None
-                if self.step % cfg.log_every == 0 or self.step == stop:
+                if (self.step % cfg.log_every == 0 or self.step == stop):
                     dt = time.perf_counter() - t_log
                     tok_s = self.tokens_per_step * steps_since / max(dt, 1e-9)
                     record = {"step": self.step, "train_loss": last_loss,
@@ -269,7 +269,8 @@ class Trainer:
                     if val_loss < self.best_val:
                         self.best_val = val_loss
                         save_model_dir(self.out / "best", self.model, self.tokenizer)
-                    t_log = time.perf_counter()  # do not count eval time in tokens/s
+                    # Do not count evaluation time in tokens/s.
+                    t_log, steps_since = time.perf_counter(), 0
                 if record is not None:
                     self._log(record)
                 if self.step % cfg.save_every == 0 or self.step == stop:
