@@ -103,6 +103,13 @@ def prepare(
                 split = "train"
                 for line in iter_lines(f):
                     nbytes = len(line.encode("utf-8"))
+                    if seen < boundary < seen + nbytes:
+                        # The piece straddles the split point: cut it there.
+                        cut = int(len(line) * (boundary - seen) / nbytes)
+                        head, line = line[:cut], line[cut:]
+                        bufs["train"].append(head)
+                        seen += len(head.encode("utf-8"))
+                        nbytes = len(line.encode("utf-8"))
                     new_split = "val" if seen >= boundary else "train"
                     if new_split != split and bufs[split]:
                         flush(split)

@@ -43,11 +43,16 @@ def check_text_file(path: Path) -> None:
         raise ScratchLMError(f"{path} looks like a binary file (it contains NUL bytes); give text files")
 
 
+MAX_PIECE = 1 << 16  # characters: a file without newlines is still read in bounded pieces
+
+
 def iter_lines(path: Path) -> Iterator[str]:
-    """Lines of a UTF-8 file with their line endings kept exactly."""
+    """Lines of a UTF-8 file with their line endings kept exactly (lines longer than
+    MAX_PIECE characters come in several pieces, so memory stays bounded)."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            yield from f
+            while piece := f.readline(MAX_PIECE):
+                yield piece
     except UnicodeDecodeError as e:
         raise ScratchLMError(
             f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"

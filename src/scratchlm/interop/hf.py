@@ -17,7 +17,7 @@ from scratchlm.errors import ScratchLMError
 
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers some GPT-2 checkpoints carry that are not weights.
-GPT2_IGNORED = ("attn.bias", "attn.masked_bias")
+GPT2_IGNORED = (".attn.bias", ".attn.masked_bias")
 
 
 def _tied(config: DecoderConfig) -> bool:

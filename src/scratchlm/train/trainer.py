@@ -130,10 +130,14 @@ class Trainer:
             raise ScratchLMError(f"{cfg_path} is missing; cannot check the run can be resumed")
         old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         old_cfg = run_config_from_dict({"model": old["model"], "train": old["train"]})
-        new = self.config.to_dict()
-        diffs = [f"model.{k}" for k, v in old_cfg.to_dict()["model"].items() if new["model"][k] != v]
-        diffs += [f"train.{k}" for k, v in old_cfg.to_dict()["train"].items()
-                  if k not in RESUMABLE_TRAIN_KEYS and new["train"][k] != v]
+        new, old = self.config.to_dict(), old_cfg.to_dict()
+        diffs = []
+        for section in ("model", "train"):
+            for k in sorted(set(old[section]) | set(new[section])):
+                if section == "train" and k in RESUMABLE_TRAIN_KEYS:
+                    continue
+                if old[section].get(k) != new[section].get(k):
+                    diffs.append(f"{section}.{k}")
         if diffs:
             raise ScratchLMError(
                 f"cannot resume {self.out}: the config differs from the run's in {', '.join(diffs)} "

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from scratchlm.data.pretrain import TokenData, prepare
+from scratchlm.errors import ScratchLMError
+from scratchlm.tokenizers import Tokenizer
+
+
+def test_prepare_writes_splits_and_meta(char_data, corpus):
+    meta = json.loads((char_data / "meta.json").read_text())
+    assert meta["dtype"] == "uint16"
+    data = TokenData(char_data)
+    tok = Tokenizer.load(char_data / "tokenizer")
+    n_train, n_val = len(data.splits["train"]), len(data.splits["val"])
+    assert 0.05 < n_val / (n_train + n_val) < 0.15
+    # The token stream decodes back to the input text, with <|eos|> between documents.
+    ids = np.concatenate([data.splits["train"], data.splits["val"]]).tolist()
+    assert ids.count(tok.eos_id) == 2
+    text = tok.decode(ids)  # eos is skipped
+    expected = "".join(p.read_text(encoding="utf-8") for p in sorted(corpus.iterdir()))
+    assert text == expected
+    assert sum(s["bytes"] for s in meta["splits"].values()) == len(expected.encode())
+
+
+def test_batches_are_reproducible(char_data):
+    data = TokenData(char_data)
+    a = data.batch("train", batch_size=3, block_size=16, rng=np.random.default_rng([1, 2]))
+    b = data.batch("train", batch_size=3, block_size=16, rng=np.random.default_rng([1, 2]))
+    c = data.batch("train", batch_size=3, block_size=16, rng=np.random.default_rng([1, 3]))
+    assert (a["input_ids"] == b["input_ids"]).all() and not (a["input_ids"] == c["input_ids"]).all()
+    assert (a["input_ids"][:, 1:] == a["labels"][:, :-1]).all()
+
+
+def test_uint32_for_large_vocab(tmp_path):
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(70_000)}
+    hf = HF(models.WordLevel(vocab, unk_token="w3"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf.add_special_tokens(["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"])
+    (tmp_path / "t.txt").write_text("w1 w2 w69999\n" * 100)
+    prepare([tmp_path / "t.txt"], out=tmp_path / "d", tokenizer=Tokenizer(hf, kind="bpe"),
+            show_progress=False)
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["dtype"] == "uint32"
+    data = TokenData(tmp_path / "d")
+    assert data.splits["train"].dtype == np.uint32 and int(data.splits["train"][2]) == 69999
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [(b"", "empty"), (b"\x00\x01binary\x00", "binary"), (b"caf\xe9 latin-1 text\n" * 3, "not UTF-8")],
+)
+def test_bad_corpus_errors_leave_nothing(tmp_path, content, needle):
+    f = tmp_path / "in.txt"
+    f.write_bytes(content)
+    with pytest.raises(ScratchLMError, match=needle):
+        prepare([f], out=tmp_path / "out", tokenizer="char", show_progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["in.txt"]  # no temp dirs left behind
+
+
+def test_missing_input(tmp_path):
+    with pytest.raises(ScratchLMError, match="does not exist"):
+        prepare([tmp_path / "nope.txt"], out=tmp_path / "out", show_progress=False)
+
+
+def test_block_size_larger_than_split(char_data):
+    with pytest.raises(ScratchLMError, match="block_size"):
+        TokenData(char_data).check_block_size(10**7)

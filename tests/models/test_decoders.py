@@ -1,0 +1,94 @@
+"""Invariants of the decoder protocol, for every decoder-only family."""
+
+import pytest
+import torch
+
+from scratchlm.errors import ScratchLMError
+from tests.conftest import FAMILIES, tiny_model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_shapes_and_protocol(family):
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (3, 11))
+    logits = model(x)
+    assert logits.shape == (3, 11, 97)
+    cache = model.init_cache(batch_size=3, max_len=20)
+    out, cache2 = model(x, cache=cache)
+    assert cache2 is cache and cache.length == 11
+    torch.testing.assert_close(out, logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("chunks", [[1] * 12, [5, 1, 1, 5], [12], [3, 4, 5]])
+def test_cached_logits_equal_full_recomputation(family, chunks):
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (2, sum(chunks)))
+    full = model(x)
+    cache = model.init_cache(batch_size=2, max_len=sum(chunks))
+    pieces, at = [], 0
+    for n in chunks:
+        logits, cache = model(x[:, at : at + n], cache=cache)
+        pieces.append(logits)
+        at += n
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
+
+
+def test_gqa_reduces_kv_heads_and_matches_repeated_heads():
+    gqa = tiny_model("llama", n_head=4, n_kv_head=2).eval()
+    assert gqa.model.layers[0].self_attn.k_proj.weight.shape[0] == 2 * 16
+    cache = gqa.init_cache(batch_size=1, max_len=8)
+    assert cache.k.shape[2] == 2
+    # Equivalent multi-head model: each kv head duplicated for the 2 query heads it serves.
+    mha = tiny_model("llama", n_head=4, n_kv_head=4).eval()
+    sd = gqa.state_dict()
+    for k in list(sd):
+        if k.endswith(("k_proj.weight", "v_proj.weight")):
+            w = sd[k].view(2, 16, -1)
+            sd[k] = w.repeat_interleave(2, dim=0).reshape(64, -1)
+    mha.load_state_dict(sd)
+    x = torch.randint(0, 97, (2, 9))
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causality(family):
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (1, 10))
+    y = x.clone()
+    y[0, 7] = (y[0, 7] + 1) % 97
+    a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_reorder_selects_rows(family):
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (3, 6))
+    cache = model.init_cache(batch_size=3, max_len=8)
+    _, cache = model(x, cache=cache)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    nxt = torch.randint(0, 97, (3, 1))
+    out, _ = model(nxt, cache=cache)
+    ref = model(torch.cat([x[[2, 2, 0]], nxt], 1))[:, -1:]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_too_long_and_cache_overflow_are_clear_errors(family):
+    model = tiny_model(family).eval()
+    with pytest.raises(ScratchLMError, match="longer than the context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    cache = model.init_cache(batch_size=1, max_len=4)
+    with pytest.raises(ScratchLMError, match="KV cache holds 4"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+def test_presets_build():
+    from scratchlm.registry import get_family
+
+    for fam in FAMILIES:
+        assert {"tiny", "small"} <= set(get_family(fam).presets)
+    m = tiny_model("gpt")
+    assert m.lm_head.weight is m.transformer.wte.weight  # tied
