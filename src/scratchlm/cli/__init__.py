@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in verbs:
         close = difflib.get_close_matches(argv[0], verbs, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        print(f"scratchlm: unknown command '{argv[0]}'{hint}\n"
-              f"commands: {', '.join(verbs)} (see scratchlm --help)", file=sys.stderr)
+        print(f"error: unknown command '{argv[0]}'{hint} (commands: {', '.join(verbs)})",
+              file=sys.stderr)
         return 2
     parser = build_parser(verbs)
     if not argv:

@@ -1,0 +1,160 @@
+"""Shared helpers for the benchmark scripts in bench/: environment, interleaved timing,
+markdown tables, and updating one script's section of docs/benchmarks.md.
+
+Every script runs our implementation and the peer in one process and interleaves their
+repeats (ours, peer, ours, peer, ...), so that slow drift of the machine (another job, thermal
+state) hits both sides alike; it then reports medians.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+OUT = ROOT / "bench" / "out"
+THREADS = 2  # the machine default of the reference box; see docs/benchmarks.md
+
+INTRO = """# Benchmarks
+
+Speed and quality of scratchlm against a peer implementation (Hugging Face `transformers`),
+measured on CPU. Reproduce with `make bench`, which runs, one after the other:
+
+    .venv/bin/python bench/train_speed.py    # training tokens/s: ours vs HF GPT2LMHeadModel
+    .venv/bin/python bench/decode_speed.py   # greedy decoding tokens/s: ours vs HF generate()
+    .venv/bin/python bench/quality_char.py   # char-level Shakespeare, nanoGPT's CPU recipe
+
+Each script rewrites only its own section of this file (between its `<!-- bench:NAME -->`
+markers); nothing here is typed in by hand. Speed scripts run both sides in one process,
+alternate their repeats (ours, peer, ours, peer, ...) and report medians, so a background job
+slows both alike; the ratio is ours / peer (above 1: we are faster). Hugging Face models are
+built from configs (`GPT2Config`), never downloaded (`HF_HUB_OFFLINE=1`). Run them on an
+otherwise idle machine: on 2 cores a concurrent test run changes absolute numbers a lot.
+"""
+
+
+def setup(seed: int = 0, threads: int = THREADS) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def env_info() -> dict[str, str]:
+    try:
+        import transformers
+
+        tv = transformers.__version__
+    except ImportError:  # pragma: no cover
+        tv = "not installed"
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": tv,
+        "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs visible)",
+        "threads": str(torch.get_num_threads()),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "load": _loadavg(),
+    }
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def env_lines(info: dict[str, str] | None = None) -> str:
+    i = info or env_info()
+    return (
+        f"Measured {i['date']}: torch {i['torch']}, transformers {i['transformers']}, "
+        f"Python {i['python']}; CPU: {i['cpu']}, SIMD {i['capability']}; "
+        f"torch threads: {i['threads']}; load average at start: {i['load']}."
+    )
+
+
+def interleave(
+    runners: dict[str, Callable[[], float]], repeats: int, *, verbose: bool = True
+) -> dict[str, list[float]]:
+    """Call every runner once per round, `repeats` rounds, in the given order each round
+    (ours, peer, ours, peer, ...). A runner returns its measurement (e.g. tokens/s)."""
+    results: dict[str, list[float]] = {k: [] for k in runners}
+    for r in range(repeats):
+        for name, fn in runners.items():
+            v = fn()
+            results[name].append(v)
+            if verbose:
+                print(f"  repeat {r + 1}/{repeats}  {name:<40s} {v:,.1f}", flush=True)
+    return results
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    """min-max as a percentage of the median."""
+    m = statistics.median(xs)
+    if len(xs) < 2 or m == 0:
+        return "-"
+    return f"±{100 * (max(xs) - min(xs)) / 2 / m:.0f}%"
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_section(name: str, body: str) -> Path:
+    """Replace (or append) the section between <!-- bench:NAME --> and <!-- /bench:NAME -->
+    in docs/benchmarks.md; create the file with the intro if needed."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else INTRO
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text, encoding="utf-8")
+    return DOC
+
+
+def banner(msg: str) -> None:
+    print(f"\n=== {msg}", flush=True)
+
+
+def argv_flag(name: str) -> bool:
+    return name in sys.argv[1:]

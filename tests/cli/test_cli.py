@@ -1,0 +1,123 @@
+"""The CLI end to end on a tiny corpus, in a subprocess like a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "scratchlm", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=ENV, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def assert_clean_error(proc, needle):
+    assert proc.returncode != 0
+    assert needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    """tokenizer train -> prepare -> train -> final model dir (bpe, gpt family)."""
+    d = tmp_path_factory.mktemp("cli")
+    cli("tokenizer", "train", "--input", corpus, "--kind", "bpe", "--vocab-size", "400", "--out", d / "tok")
+    assert json.loads((d / "tok" / "tokenizer_config.json").read_text())["scratchlm_kind"] == "bpe"
+    cli("prepare", corpus, "--out", d / "data", "--tokenizer", d / "tok", "--val-fraction", "0.2")
+    out = cli("train", "--data", d / "data", "--out", d / "run", "--model.family", "gpt",
+              "--model.preset", "tiny", "--model.block_size", "32", "--train.max_steps", "20",
+              "--train.batch_size", "4", "--train.eval_every", "10", "--train.eval_batches", "2",
+              "--train.warmup_steps", "2")
+    assert "generate with:" in out.stdout
+    return d
+
+
+def test_train_outputs(run):
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"]:
+        assert (run / "run" / "final" / f).is_file()
+    assert (run / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "run" / "metrics.jsonl").read_text().count("val_loss") == 2
+
+
+def test_generate_and_evaluate(run):
+    out = cli("generate", run / "run" / "final", "--prompt", "ROMEO:", "--max-new-tokens", "20",
+              "--seed", "1", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05",
+              "--repetition-penalty", "1.1")
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:\n")
+    again = cli("generate", run / "run" / "final", "--prompt", "ROMEO:", "--max-new-tokens", "20",
+                "--seed", "1", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05",
+                "--repetition-penalty", "1.1")
+    assert again.stdout == out.stdout  # seeded
+    many = cli("generate", run / "run" / "final", "--prompt", "A", "--num-samples", "3",
+               "--max-new-tokens", "10", "--greedy")
+    assert many.stdout.count("--- sample") == 3
+    ev = cli("evaluate", run / "run" / "final", "--data", run / "data", "--json")
+    r = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert r["perplexity"] > 1 and 0 < r["bits_per_byte"] < 20
+
+
+def test_resume_and_plot(run):
+    cli("train", "--out", run / "run", "--resume", "--train.max_steps", "24", "--train.eval_every", "12")
+    rows = [json.loads(x) for x in (run / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 24
+    out = cli("plot", run / "run", "--out", run / "curve.png")
+    assert (run / "curve.png").is_file() and "curve.png" in out.stdout
+
+
+def test_user_errors_are_one_clean_line(run, tmp_path):
+    assert_clean_error(cli("trian", check=False), "did you mean 'train'")
+    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
+                           "--model.n_layers", "2", check=False), "did you mean model.n_layer")
+    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
+                           "--train.lr", "fast", check=False), "train.lr must be a number")
+    assert_clean_error(cli("train", "--data", run / "data", "--out", run / "run", check=False),
+                       "already holds a run")
+    assert_clean_error(cli("train", "--out", run / "run", "--resume", "--model.n_layer", "3",
+                           check=False), "model.n_layer")
+    assert_clean_error(cli("generate", tmp_path / "nothing", "--prompt", "x", check=False),
+                       "does not exist")
+    assert_clean_error(cli("generate", run / "run" / "final", "--prompt", "x" * 200, check=False),
+                       "shorten the prompt")
+    (tmp_path / "empty.txt").write_text("")
+    assert_clean_error(cli("prepare", tmp_path / "empty.txt", "--out", tmp_path / "d", check=False),
+                       "empty")
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02" * 10)
+    assert_clean_error(cli("prepare", tmp_path / "bin.dat", "--out", tmp_path / "d", check=False),
+                       "binary")
+    assert not (tmp_path / "d").exists()
+
+
+def test_corrupt_model_directory(run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run / "run" / "final", bad)
+    (bad / "model.safetensors").write_bytes(b"garbage" * 10)
+    assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "corrupt")
+    (bad / "model.safetensors").unlink()
+    assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "model.safetensors")
+    (bad / "config.json").write_text("{")
+    assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "not valid JSON")
+
+
+def test_python_api(run):
+    import torch
+
+    import scratchlm
+
+    model, tok = scratchlm.load(run / "run" / "final")
+    ids = torch.tensor([tok.encode("ROMEO: hello")])
+    assert model(ids).shape == (1, ids.shape[1], model.config.vocab_size)
+    cache = model.init_cache(batch_size=1, max_len=ids.shape[1])
+    logits, cache = model(ids, cache=cache)
+    assert cache.length == ids.shape[1]
+    texts = scratchlm.generate(model, tok, "ROMEO:", scratchlm.GenerationConfig(max_new_tokens=5, num_samples=2))
+    assert len(texts) == 2
