@@ -62,6 +62,11 @@ class DecoderLM(nn.Module):
             raise ScratchLMError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
         start = 0 if cache is None else cache.length
         t = input_ids.shape[1]
+        if start + t > self.config.block_size:
+            raise ScratchLMError(
+                f"sequence of {start + t} tokens is longer than the context "
+                f"(model.block_size = {self.config.block_size})"
+            )
         if cache is not None:
             cache.check_room(t)
         return start

@@ -121,11 +121,6 @@ class GPT(DecoderLM):
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
         T = input_ids.shape[1]
-        if start + T > self.config.block_size:
-            raise ScratchLMError(
-                f"sequence of {start + T} tokens is longer than the context "
-                f"(model.block_size = {self.config.block_size})"
-            )
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)

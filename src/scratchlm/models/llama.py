@@ -123,11 +123,6 @@ class Llama(DecoderLM):
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
         T = input_ids.shape[1]
-        if start + T > self.config.block_size:
-            raise ScratchLMError(
-                f"sequence of {start + T} tokens is longer than the context "
-                f"(model.block_size = {self.config.block_size})"
-            )
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
         for i, block in enumerate(self.model.layers):
             x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i)
