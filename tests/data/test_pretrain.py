@@ -69,3 +69,15 @@ def test_missing_input(tmp_path):
 def test_block_size_larger_than_split(char_data):
     with pytest.raises(ScratchLMError, match="block_size"):
         TokenData(char_data).check_block_size(10**7)
+
+
+def test_windows_cover_every_token_once(char_data):
+    data = TokenData(char_data)
+    xs, ys = [], []
+    for x, y in data.windows("val", block_size=37, batch_size=5):
+        assert x.shape == y.shape
+        xs.append(x.flatten())
+        ys.append(y.flatten())
+    arr = np.asarray(data.splits["val"], dtype=np.int64)
+    assert np.array_equal(np.concatenate(xs), arr[:-1])
+    assert np.array_equal(np.concatenate(ys), arr[1:])

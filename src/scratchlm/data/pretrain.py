@@ -191,10 +191,21 @@ class TokenData:
         t = torch.from_numpy(win)
         return {"input_ids": t[:, :-1], "labels": t[:, 1:]}
 
-    def windows(self, split: str, *, block_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def windows(
+        self, split: str, *, block_size: int, batch_size: int = 16
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive non-overlapping windows covering every token of `split` once, as
-        (inputs (1, T), targets (1, T)); the last window may be shorter."""
+        (inputs (B, T), targets (B, T)) batches; the last window may be shorter (B = 1)."""
         arr = self.splits[split]
-        for s in range(0, len(arr) - 1, block_size):
-            win = torch.from_numpy(np.asarray(arr[s : s + block_size + 1], dtype=np.int64))
+        n_full = (len(arr) - 1) // block_size
+        for b in range(0, n_full, batch_size):
+            rows = min(batch_size, n_full - b)
+            lo = b * block_size
+            win = np.asarray(arr[lo : lo + rows * block_size + 1], dtype=np.int64)
+            x = torch.from_numpy(win[:-1].reshape(rows, block_size))
+            y = torch.from_numpy(win[1:].reshape(rows, block_size))
+            yield x, y
+        rest = n_full * block_size
+        if rest < len(arr) - 1:
+            win = torch.from_numpy(np.asarray(arr[rest:], dtype=np.int64))
             yield win[None, :-1], win[None, 1:]

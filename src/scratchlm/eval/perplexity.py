@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -34,16 +33,19 @@ def evaluate_lm(
     device = next(model.parameters()).device
     block = model.config.block_size
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    n_windows = math.ceil((len(data.splits[split]) - 1) / block)
-    for x, y in tqdm(data.windows(split, block_size=block), total=n_windows, desc="evaluate",
-                     disable=not show_progress):
-        logits = model(x.to(device))  # (1, T, V)
-        nll = F.cross_entropy(logits[0].float(), y[0].to(device), reduction="sum")
+    n_tokens = len(data.splits[split]) - 1
+    bar = tqdm(total=n_tokens if max_tokens is None else min(n_tokens, max_tokens),
+               unit="tok", unit_scale=True, desc="evaluate", disable=not show_progress)
+    for x, y in data.windows(split, block_size=block):
+        logits = model(x.to(device))  # (B, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten().to(device), reduction="sum")
         total_nats += float(nll)
         total_tokens += y.numel()
-        total_bytes += int(nbytes_of[y[0]].sum())
+        total_bytes += int(nbytes_of[y.flatten()].sum())
+        bar.update(y.numel())
         if max_tokens is not None and total_tokens >= max_tokens:
             break
+    bar.close()
     loss = total_nats / total_tokens
     return {
         "loss": loss,
