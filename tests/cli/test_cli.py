@@ -59,6 +59,9 @@ def test_generate_and_evaluate(run):
     many = cli("generate", run / "run" / "final", "--prompt", "A", "--num-samples", "3",
                "--max-new-tokens", "10", "--greedy")
     assert many.stdout.count("--- sample") == 3
+    beams = cli("generate", run / "run" / "final", "--prompt", "A", "--num-beams", "4",
+                "--num-samples", "2", "--max-new-tokens", "8")
+    assert beams.stdout.count("--- beam") == 2
     ev = cli("evaluate", run / "run" / "final", "--data", run / "data", "--json")
     r = json.loads(ev.stdout.strip().splitlines()[-1])
     assert r["perplexity"] > 1 and 0 < r["bits_per_byte"] < 20

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from scratchlm.generate import GenerationConfig, generate
+from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for
 from scratchlm.modeldir import load
 
@@ -28,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="samples in one batch (with --num-beams: the n-best list size)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="for beam search")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="for beam search")
     p.add_argument("--device", default="cpu")
 
 
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if fits < config.max_new_tokens:
         print(f"note: only {fits} new tokens fit in the model's context "
               f"({model.config.block_size}) after a {n_prompt}-token prompt", file=sys.stderr)
+    if args.num_beams > 1:
+        return _beam(args, model, tokenizer, fits)
     if config.num_samples == 1:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
@@ -60,4 +67,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     texts = generate(model, tokenizer, args.prompt, config)
     for i, text in enumerate(texts, 1):
         print(f"--- sample {i} ---\n{args.prompt}{text}")
+    return 0
+
+
+def _beam(args: argparse.Namespace, model, tokenizer, max_new: int) -> int:
+    cfg = BeamConfig(num_beams=args.num_beams, max_new_tokens=max_new,
+                     length_penalty=args.length_penalty, num_return_sequences=args.num_samples,
+                     no_repeat_ngram_size=args.no_repeat_ngram_size)
+    ids = tokenizer.encode(args.prompt) or [tokenizer.bos_id]
+    device = next(model.parameters()).device
+    hyps = beam_search(model, torch.tensor([ids], device=device), config=cfg,
+                       eos_id=tokenizer.eos_id)[0]
+    for i, h in enumerate(hyps, 1):
+        header = f"--- beam {i} (score {h.score:.4f}) ---\n" if len(hyps) > 1 else ""
+        print(f"{header}{args.prompt}{tokenizer.decode(h.tokens)}")
     return 0

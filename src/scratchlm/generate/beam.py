@@ -1,0 +1,166 @@
+"""Batched beam search over the decoder protocol (one implementation for every family).
+
+    hyps = beam_search(model, input_ids, config=BeamConfig(num_beams=5), eos_id=tok.eos_id)
+    best_tokens = hyps[0][0].tokens          # batch row 0, best hypothesis
+
+All B x K live beams run as one batch. After each step the decoding state is permuted with
+`cache.reorder(index)` so every row follows its parent beam; the state object (KV cache here,
+RNN state for recurrent families) is the only thing beam search needs from a model.
+
+Scores are sums of token log-probabilities; finished hypotheses are ranked by
+score / length ** length_penalty (Wu et al. 2016 use a similar normalisation; this is the
+Hugging Face / fairseq convention, with length counting generated tokens incl. eos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.generate.decode import max_new_tokens_for
+
+
+@dataclass
+class BeamConfig:
+    num_beams: int = 5
+    max_new_tokens: int = 100
+    length_penalty: float = 1.0  # >1 favours longer outputs, <1 shorter; 0: raw log-prob
+    num_return_sequences: int = 1  # n-best list size (<= num_beams)
+    early_stopping: bool = True  # stop a row once num_beams hypotheses finished
+    no_repeat_ngram_size: int = 0  # 0: off
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ScratchLMError("num_beams must be at least 1")
+        if not 1 <= self.num_return_sequences <= self.num_beams:
+            raise ScratchLMError("num_return_sequences must be between 1 and num_beams")
+        if self.max_new_tokens < 1:
+            raise ScratchLMError("max_new_tokens must be at least 1")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated tokens (eos included when the hypothesis finished)
+    score: float  # length-normalised score used for ranking
+    logprob: float  # sum of token log-probabilities
+
+
+def _banned_ngram_tokens(seqs: list[list[int]], n: int) -> list[list[int]]:
+    """For each sequence, tokens that would complete an n-gram already in it."""
+    out = []
+    for seq in seqs:
+        if len(seq) < n:
+            out.append([])
+            continue
+        prefix = tuple(seq[-(n - 1):]) if n > 1 else ()
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1)
+                  if tuple(seq[i : i + n - 1]) == prefix]
+        out.append(banned)
+    return out
+
+
+class _Finished:
+    """The best `k` finished hypotheses of one batch row."""
+
+    def __init__(self, k: int, length_penalty: float) -> None:
+        self.k, self.lp = k, length_penalty
+        self.hyps: list[Hypothesis] = []
+
+    def norm(self, logprob: float, length: int) -> float:
+        return logprob / (max(length, 1) ** self.lp)
+
+    def add(self, tokens: list[int], logprob: float) -> None:
+        self.hyps.append(Hypothesis(tokens, self.norm(logprob, len(tokens)), logprob))
+        self.hyps.sort(key=lambda h: h.score, reverse=True)
+        del self.hyps[self.k :]
+
+    def is_done(self, best_live_logprob: float, length: int, early: bool) -> bool:
+        if len(self.hyps) < self.k:
+            return False
+        if early:
+            return True
+        # No live beam can still beat the worst kept hypothesis (for lp >= 0, a live beam's
+        # normalised score is at most its current one: log-probs only decrease).
+        return self.norm(best_live_logprob, length) <= self.hyps[-1].score
+
+
+@torch.inference_mode()
+def beam_search(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    config: BeamConfig,
+    eos_id: int | None,
+) -> list[list[Hypothesis]]:
+    """Beam search continuing each row of `input_ids` (B, T); returns, per row, the
+    `num_return_sequences` best hypotheses, best first."""
+    B, T = input_ids.shape
+    K = config.num_beams
+    n_new = max_new_tokens_for(model, T, config.max_new_tokens)
+    device = input_ids.device
+    cache = model.init_cache(batch_size=B, max_len=T + n_new)
+    logits, cache = model(input_ids, cache=cache)  # (B, T, V)
+    expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
+    cache.reorder(expand)
+    logprobs = logits[:, -1].float().log_softmax(-1)[expand]  # (B*K, V)
+    V = logprobs.shape[-1]
+    # Only beam 0 of each row is live at the start (the K copies are identical).
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    seqs: list[list[int]] = [[] for _ in range(B * K)]
+    prompts = input_ids.tolist()
+    finished = [_Finished(K, config.length_penalty) for _ in range(B)]
+    done = [False] * B
+
+    for step in range(n_new):
+        if config.no_repeat_ngram_size > 0:
+            context = [prompts[row // K] + s for row, s in enumerate(seqs)]
+            for row, banned in enumerate(_banned_ngram_tokens(context, config.no_repeat_ngram_size)):
+                if banned:
+                    logprobs[row, banned] = float("-inf")
+        cand = (beam_scores[:, :, None] + logprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): enough to refill K beams
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        next_scores = torch.full((B, K), float("-inf"), device=device)
+        next_tokens = torch.full((B * K,), eos_id if eos_id is not None else 0, dtype=torch.long)
+        parents = torch.arange(B * K)  # finished rows just keep their beams (masked later)
+        new_seqs: list[list[int]] = [list(s) for s in seqs]
+        last = step == n_new - 1
+        for b in range(B):
+            if done[b]:
+                continue
+            filled = 0
+            for score, idx in zip(top_scores[b], top_idx[b], strict=True):
+                if score == float("-inf"):
+                    break
+                beam, token = divmod(idx, V)
+                parent = b * K + beam
+                tokens = seqs[parent] + [token]
+                if eos_id is not None and token == eos_id:
+                    finished[b].add(tokens, score)
+                    continue
+                if last:
+                    finished[b].add(tokens, score)  # out of length: unfinished hypotheses count
+                    filled += 1
+                else:
+                    row = b * K + filled
+                    next_scores[b, filled] = score
+                    next_tokens[row] = token
+                    parents[row] = parent
+                    new_seqs[row] = tokens
+                    filled += 1
+                if filled == K:
+                    break
+            best_live = float(next_scores[b].max()) if not last else float("-inf")
+            if last or finished[b].is_done(best_live, step + 1, config.early_stopping):
+                done[b] = True
+        if all(done):
+            break
+        beam_scores = next_scores
+        seqs = new_seqs
+        cache.reorder(parents.to(device))
+        logits, cache = model(next_tokens.to(device)[:, None], cache=cache)  # (B*K, 1, V)
+        logprobs = logits[:, -1].float().log_softmax(-1)
+    return [f.hyps[: config.num_return_sequences] for f in finished]
