@@ -74,7 +74,7 @@ def _beam(args: argparse.Namespace, model, tokenizer, max_new: int) -> int:
     cfg = BeamConfig(num_beams=args.num_beams, max_new_tokens=max_new,
                      length_penalty=args.length_penalty, num_return_sequences=args.num_samples,
                      no_repeat_ngram_size=args.no_repeat_ngram_size)
-    ids = tokenizer.encode(args.prompt) or [tokenizer.bos_id]
+    ids = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     device = next(model.parameters()).device
     hyps = beam_search(model, torch.tensor([ids], device=device), config=cfg,
                        eos_id=tokenizer.eos_id)[0]

@@ -176,7 +176,7 @@ def generate(
     config = config or GenerationConfig()
     ids = tokenizer.encode(prompt)
     if not ids:
-        ids = [tokenizer.bos_id]
+        ids = [tokenizer.eos_id]  # an empty prompt starts a new document
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids] * config.num_samples, dtype=torch.long, device=device)
     streams = [_TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
