@@ -110,7 +110,7 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    model: DecoderConfig = field(default_factory=DecoderConfig)
+    model: Any = field(default_factory=DecoderConfig)  # the family's config dataclass
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -183,7 +183,7 @@ def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     return cls(**_check_keys(cls, values, section))
 
 
-def build_model_config(values: dict[str, Any]) -> DecoderConfig:
+def build_model_config(values: dict[str, Any]) -> Any:
     """Pick the family's dataclass from `family`, fill it from its preset, then `values`."""
     from scratchlm.registry import get_family
 

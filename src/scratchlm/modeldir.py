@@ -38,8 +38,12 @@ def write_model_files(
     """Write a model directory's files into an existing (temporary) directory."""
     cfg = model.config
     ours = dataclasses.asdict(cfg)
-    config = hf.to_hf_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                             pad_id=tokenizer.pad_id)
+    if hf.has_hf_layout(cfg.family):
+        config = hf.to_hf_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                                 pad_id=tokenizer.pad_id)
+    else:  # a family transformers has no class for: our config only
+        config = {"model_type": f"scratchlm-{cfg.family}", "bos_token_id": tokenizer.bos_id,
+                  "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     config["scratchlm"] = {"format": FORMAT, "model": ours}
     write_json(directory / "config.json", config)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}

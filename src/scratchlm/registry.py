@@ -21,11 +21,12 @@ class FamilySpec:
 
 
 def _families() -> dict[str, FamilySpec]:
-    from scratchlm.models import gpt, llama
+    from scratchlm.models import gpt, llama, rnn
 
     return {
         "gpt": FamilySpec("gpt", gpt.GPTConfig, gpt.GPT, gpt.PRESETS),
         "llama": FamilySpec("llama", llama.LlamaConfig, llama.Llama, llama.PRESETS),
+        "rnn": FamilySpec("rnn", rnn.RNNConfig, rnn.RNNLM, rnn.PRESETS),
     }
 
 

@@ -29,7 +29,7 @@ def _trainer(char_data, out, *, family="llama", **train):
                    show_progress=False)
 
 
-@pytest.mark.parametrize("family", ["gpt", "llama"])
+@pytest.mark.parametrize("family", ["gpt", "llama", "rnn"])
 def test_resumed_run_is_bit_identical(char_data, tmp_path, family):
     full = _trainer(char_data, tmp_path / "full", family=family)
     full.fit()

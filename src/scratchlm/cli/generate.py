@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     fits = max_new_tokens_for(model, n_prompt, config.max_new_tokens)
     if fits < config.max_new_tokens:
         print(f"note: only {fits} new tokens fit in the model's context "
-              f"({model.config.block_size}) after a {n_prompt}-token prompt", file=sys.stderr)
+              f"({model.max_context}) after a {n_prompt}-token prompt", file=sys.stderr)
     if args.num_beams > 1:
         return _beam(args, model, tokenizer, fits)
     if config.num_samples == 1:

@@ -58,10 +58,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     m = cfg.model
-    print(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters "
-          f"({m.n_layer} layers, {m.n_head} heads, {m.kv_heads} kv heads, d_model {m.d_model}, "
-          f"context {m.block_size}); data: {data.dir} "
-          f"({len(data.splits['train']):,} train tokens)")
+    shape = ", ".join(f"{k} {getattr(m, k)}" for k in ("cell", "n_layer", "n_head", "n_kv_head", "d_model")
+                      if getattr(m, k, None) is not None)
+    print(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters ({shape}, "
+          f"context {m.block_size}); data: {data.dir} ({len(data.splits['train']):,} train tokens)")
     block = m.block_size
     trainer = Trainer(
         model=model,

@@ -68,7 +68,9 @@ def _next_token(
 
 def max_new_tokens_for(model: torch.nn.Module, prompt_len: int, wanted: int) -> int:
     """How many tokens fit after a prompt in the model's context; errors if none do."""
-    block = model.config.block_size
+    block = model.max_context
+    if block is None:
+        return wanted
     if prompt_len >= block:
         raise ScratchLMError(
             f"the prompt is {prompt_len} tokens but the model's context is {block} tokens; "

@@ -20,8 +20,17 @@ GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "m
 GPT2_IGNORED = (".attn.bias", ".attn.masked_bias")
 
 
+# Where each family keeps the embedding that lm_head shares when tied.
+EMBEDDING = {"gpt": "transformer.wte.weight", "llama": "model.embed_tokens.weight",
+             "rnn": "embed_tokens.weight"}
+
+
 def _tied(config: DecoderConfig) -> bool:
     return config.family == "gpt" or bool(getattr(config, "tie_embeddings", False))
+
+
+def has_hf_layout(family: str) -> bool:
+    return family in ("gpt", "llama")
 
 
 def to_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,10 +55,8 @@ def from_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) ->
             if k.endswith(GPT2_CONV1D):
                 v = v.t()
         out[k] = v
-    if _tied(config):
-        emb = "transformer.wte.weight" if config.family == "gpt" else "model.embed_tokens.weight"
-        if emb in out:
-            out.setdefault("lm_head.weight", out[emb])
+    if _tied(config) and EMBEDDING[config.family] in out:
+        out.setdefault("lm_head.weight", out[EMBEDDING[config.family]])
     return out
 
 

@@ -68,3 +68,25 @@ class KVCache:
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
         return self
+
+
+class RNNState:
+    """Hidden state of a stacked RNN: h (and c for an LSTM), each (n_layer, B, H).
+
+    The layer dimension comes first, as torch.nn.RNN modules want it; the batch is dim 1."""
+
+    def __init__(self, *, h: torch.Tensor, c: torch.Tensor | None = None) -> None:
+        self.h = h
+        self.c = c
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1]
+
+    def reorder(self, index: torch.Tensor) -> RNNState:
+        """Select batch rows (beam search): row i of the result is row index[i]."""
+        self.h = self.h.index_select(1, index)
+        if self.c is not None:
+            self.c = self.c.index_select(1, index)
+        return self

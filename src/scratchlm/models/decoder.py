@@ -23,6 +23,11 @@ class DecoderLM(nn.Module):
     # by 1/sqrt(2 * n_layer) (GPT-2 paper, section 2.3).
     residual_projections: tuple[str, ...] = ()
 
+    @property
+    def max_context(self) -> int | None:
+        """Longest sequence the model can attend over (None: unlimited)."""
+        return self.config.block_size
+
     def init_cache(self, *, batch_size: int, max_len: int) -> KVCache:
         p = next(self.parameters())
         return KVCache(
