@@ -82,11 +82,11 @@ def env_info() -> dict[str, str]:
         "cpu": f"{cpu_model()} ({os.cpu_count()} logical CPUs visible)",
         "threads": str(torch.get_num_threads()),
         "capability": torch.backends.cpu.get_cpu_capability(),
-        "load": _loadavg(),
+        "load": loadavg(),
     }
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:

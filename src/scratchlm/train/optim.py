@@ -24,9 +24,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, *, device_type: str) -> t
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device_type == "cuda"
-    )
+    # The fused kernel exists for CPU and CUDA and is several times faster than the default
+    # per-parameter loop (bench/train_speed.py measured 5-6x for the optimizer step on CPU).
+    fused = device_type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
