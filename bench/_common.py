@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -42,7 +42,13 @@ markers); nothing here is typed in by hand. Speed scripts run both sides in one 
 alternate their repeats (ours, peer, ours, peer, ...) and report medians, so a background job
 slows both alike; the ratio is ours / peer (above 1: we are faster). Hugging Face models are
 built from configs (`GPT2Config`), never downloaded (`HF_HUB_OFFLINE=1`). Run them on an
-otherwise idle machine: on 2 cores a concurrent test run changes absolute numbers a lot.
+otherwise idle machine: on 2 cores a concurrent test run changes absolute numbers a lot, and
+even on an idle machine absolute tokens/s drift by 10-30% between runs. Ratios are steadier
+but still move by several percent from run to run, so rerun before reading much into a
+ratio that sits near a goal.
+
+`bench/lm_head_gemv.py` is a diagnostic, not part of `make bench`: it times the output
+projection (logits) by weight layout, the largest single cost of decoding here.
 """
 
 
@@ -141,9 +147,12 @@ def write_section(name: str, body: str) -> Path:
     in docs/benchmarks.md; create the file with the intro if needed."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else INTRO
+    # The intro (everything before the first section marker line) always comes from INTRO.
+    first = re.search(r"^<!-- bench:\w+ -->$", text, re.MULTILINE)
+    text = INTRO.rstrip() + "\n\n" + (text[first.start():] if first else "")
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:

@@ -11,10 +11,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from scratchlm.config import run_config_from_dict  # noqa: E402
-from scratchlm.data.pretrain import prepare  # noqa: E402
-from scratchlm.data.sources import shakespeare_sample_path  # noqa: E402
-from scratchlm.registry import build_model  # noqa: E402
+from scratchlm.config import run_config_from_dict
+from scratchlm.data.pretrain import prepare
+from scratchlm.data.sources import shakespeare_sample_path
+from scratchlm.registry import build_model
 
 
 @pytest.fixture(scope="session")

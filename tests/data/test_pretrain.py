@@ -34,7 +34,8 @@ def test_batches_are_reproducible(char_data):
 
 
 def test_uint32_for_large_vocab(tmp_path):
-    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers
 
     vocab = {f"w{i}": i for i in range(70_000)}
     hf = HF(models.WordLevel(vocab, unk_token="w3"))

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.generate import GenerationConfig, generate, generate_tokens
-from scratchlm.generate import sampling
+from scratchlm.generate import GenerationConfig, generate, generate_tokens, sampling
 from scratchlm.tokenizers import train_tokenizer
 from tests.conftest import FAMILIES, tiny_model
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return 2
-    verb = verbs[argv[0]] if argv[0] in verbs else None
+    verb = verbs.get(argv[0])
     if verb is not None and getattr(verb, "ACCEPTS_OVERRIDES", False):
         args, extra = parser.parse_known_args(argv)
     else:

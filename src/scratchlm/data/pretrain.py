@@ -79,7 +79,7 @@ def prepare(
     counts = {"train": {"tokens": 0, "bytes": 0}, "val": {"tokens": 0, "bytes": 0}}
 
     with atomic_dir(out) as tmp:
-        outs = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
+        outs = {s: open(tmp / f"{s}.bin", "wb") for s in counts}  # noqa: SIM115 (closed below)
         bufs: dict[str, list[str]] = {"train": [], "val": []}
         sizes = {"train": 0, "val": 0}
 

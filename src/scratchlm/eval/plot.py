@@ -37,9 +37,9 @@ def plot_run(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
+        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation", linewidth=1.5, markersize=3)
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", linewidth=1.5, markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(f"{Path(run_dir).name}: loss")

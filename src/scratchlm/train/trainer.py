@@ -35,8 +35,8 @@ from tqdm import tqdm
 from scratchlm.config import RunConfig, run_config_from_dict
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_file
-from scratchlm.modeldir import load_state, save_model_dir
 from scratchlm.interop import hf
+from scratchlm.modeldir import load_state, save_model_dir
 from scratchlm.tokenizers import Tokenizer
 from scratchlm.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from scratchlm.train.optim import lr_at, make_optimizer
