@@ -92,3 +92,36 @@ def test_presets_build():
         assert {"tiny", "small"} <= set(get_family(fam).presets)
     m = tiny_model("gpt")
     assert m.lm_head.weight is m.transformer.wte.weight  # tied
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "rnn"])
+def test_decoding_head_path_matches_and_follows_weight_updates(family):
+    """Without autograd, few rows take output_logits' transposed-copy path; it must give the
+    same logits as the plain head, and see an in-place update of the (tied) weight."""
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (2, 9))
+    full = model(x)  # autograd on: the plain nn.Linear path
+    with torch.no_grad():
+        cache = model.init_cache(batch_size=2, max_len=9)
+        last, cache = model(x, cache=cache, logits_to_keep=1)
+        assert last.shape == (2, 1, 97)
+        torch.testing.assert_close(last, full[:, -1:], atol=1e-5, rtol=0)
+        model.lm_head.weight.mul_(2.0)
+        after = model(x, logits_to_keep=3)
+    with torch.no_grad():
+        model.lm_head.weight.div_(2.0)
+        model.lm_head.weight.mul_(2.0)  # same values again, but a new version
+        expected = model.lm_head(model_hidden_last(model, x, 3))
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
+
+
+def model_hidden_last(model, x, n):
+    """The final hidden states of the last n positions (what the head projects)."""
+    seen = {}
+    handle = model.lm_head.register_forward_pre_hook(lambda m, args: seen.setdefault("h", args[0]))
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen["h"][:, -n:]

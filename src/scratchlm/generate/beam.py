@@ -101,7 +101,7 @@ def beam_search(
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
     device = input_ids.device
     cache = model.init_cache(batch_size=B, max_len=T + n_new)
-    logits, cache = model(input_ids, cache=cache)  # (B, T, V)
+    logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # (B, 1, V)
     expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
     cache.reorder(expand)
     logprobs = logits[:, -1].float().log_softmax(-1)[expand]  # (B*K, V)

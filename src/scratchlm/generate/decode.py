@@ -103,7 +103,7 @@ def generate_tokens(
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
         seen.scatter_(1, input_ids, True)
     cache = model.init_cache(batch_size=B, max_len=T + n_new)
-    logits, cache = model(input_ids, cache=cache)  # prefill: (B, T, V)
+    logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # prefill: (B, 1, V)
     logits = logits[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     stop_on_eos = eos_id is not None and not config.ignore_eos

@@ -3,6 +3,7 @@
     cache = model.init_cache(batch_size=B, max_len=L)
     logits = model(input_ids)                       # (B, T, vocab), no cache
     logits, cache = model(input_ids, cache=cache)   # incremental decoding
+    logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # (B, 1, vocab): last only
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import causal_attention
 from scratchlm.models.cache import KVCache
 from scratchlm.models.decoder import DecoderLM
+from scratchlm.models.layers import output_logits
 
 
 @dataclass
@@ -117,7 +118,7 @@ class GPT(DecoderLM):
         self.lm_head.weight = self.transformer.wte.weight  # tied (Press & Wolf 2017)
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
         T = input_ids.shape[1]
@@ -126,5 +127,7 @@ class GPT(DecoderLM):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache=cache, layer=i)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
+        logits = output_logits(self.lm_head, self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

@@ -18,7 +18,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import causal_attention
 from scratchlm.models.cache import KVCache
 from scratchlm.models.decoder import DecoderLM
-from scratchlm.models.layers import RMSNorm, RotaryEmbedding, SwiGLU
+from scratchlm.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, output_logits
 
 
 @dataclass
@@ -119,12 +119,14 @@ class Llama(DecoderLM):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
         T = input_ids.shape[1]
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
         for i, block in enumerate(self.model.layers):
             x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i)
-        logits = self.lm_head(self.model.norm(x))  # (B, T, vocab)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
+        logits = output_logits(self.lm_head, self.model.norm(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

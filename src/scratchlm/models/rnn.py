@@ -18,6 +18,7 @@ from torch import nn
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import RNNState
+from scratchlm.models.layers import output_logits
 
 
 @dataclass
@@ -90,7 +91,7 @@ class RNNLM(nn.Module):
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: RNNState | None = None
+        self, input_ids: torch.Tensor, *, cache: RNNState | None = None, logits_to_keep: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, RNNState]:
         if input_ids.dim() != 2:
             raise ScratchLMError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
@@ -98,7 +99,9 @@ class RNNLM(nn.Module):
         x = self.drop(self.embed_tokens(input_ids))  # (B, T, E)
         hidden = (state.h, state.c) if self.config.cell == "lstm" else state.h
         out, new = self.rnn(x, hidden)  # out: (B, T, H); new: (L, B, H) [x2 for LSTM]
-        logits = self.lm_head(self.drop(out))  # (B, T, V)
+        if logits_to_keep:
+            out = out[:, -logits_to_keep:]  # only the last positions' logits (decoding)
+        logits = output_logits(self.lm_head, self.drop(out))  # (B, T or logits_to_keep, V)
         if cache is None:
             return logits
         if self.config.cell == "lstm":
