@@ -23,13 +23,13 @@ demo: install
 	$(BIN)/scratchlm datasets get shakespeare --out $(DATA)/raw/shakespeare
 	$(BIN)/scratchlm prepare $(DATA)/raw/shakespeare --out $(DATA)/shakespeare-char --tokenizer char
 	$(BIN)/scratchlm train --config configs/demo.yaml --data $(DATA)/shakespeare-char --out $(RUN) --overwrite
-	$(BIN)/scratchlm generate $(RUN)/final --prompt "ROMEO:" --max-new-tokens 300 --num-samples 3 --temperature 0.8 --top-k 40 --seed 1
+	$(BIN)/scratchlm generate $(RUN)/final --prompt "ROMEO:" --max-new-tokens 240 --num-samples 3 --temperature 0.8 --top-k 40 --seed 1
 	$(BIN)/scratchlm evaluate $(RUN)/final --data $(DATA)/shakespeare-char
 	$(BIN)/scratchlm plot $(RUN)
 	@echo ""
 	@echo "Done. The model directory is $(RUN)/final and the loss curve $(RUN)/loss.png."
 	@echo "Generate more text with:"
-	@echo "  $(BIN)/scratchlm generate $(RUN)/final --prompt \"JULIET:\" --max-new-tokens 500 --temperature 0.8 --top-p 0.95"
+	@echo "  $(BIN)/scratchlm generate $(RUN)/final --prompt \"JULIET:\" --max-new-tokens 240 --temperature 0.8 --top-p 0.95"
 	@echo "  $(BIN)/python -c \"import scratchlm; m, t = scratchlm.load('$(RUN)/final'); print(scratchlm.generate(m, t, prompt='HAMLET:', max_new_tokens=200)[0])\""
 
 test: install

@@ -24,6 +24,25 @@ from scratchlm.errors import ScratchLMError
 
 
 # ----------------------------------------------------------------------------- sections
+def check_sizes(cfg: Any, positive: tuple[str, ...]) -> None:
+    """The checks every model config shares: sizes > 0, dropout in [0, 1)."""
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ScratchLMError(f"model.{name} must be positive, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ScratchLMError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+
+
+def encoder_decoder_tied_weights(share_embeddings: bool, tie_embeddings: bool) -> dict[str, str]:
+    """Parameter names of an encoder-decoder that alias another (saved once): alias -> source."""
+    tied = {}
+    if share_embeddings:
+        tied["tgt_embed.weight"] = "src_embed.weight"
+    if tie_embeddings:
+        tied["lm_head.weight"] = tied.get("tgt_embed.weight", "tgt_embed.weight")
+    return tied
+
+
 @dataclass
 class DecoderConfig:
     """Fields every decoder-only Transformer family shares. Families subclass it."""
@@ -87,6 +106,18 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast); auto: bf16 on CUDA, else fp32
     compile: bool = False  # torch.compile the model
+    # Model selection and early stopping: which validation number picks best/ (val_loss is
+    # lower-is-better; val_bleu and val_chrf, computed by seq2seq runs, higher-is-better),
+    # and how many evaluations without improvement end the run (0: never stop early).
+    best_metric: str = "val_loss"  # val_loss | val_bleu | val_chrf
+    patience: int = 0
+    # Sequence-to-sequence training.
+    label_smoothing: float = 0.0
+    teacher_forcing: float = 1.0  # probability of feeding the gold token at the start
+    teacher_forcing_end: float = 1.0  # ... and at max_steps (scheduled sampling when < 1)
+    teacher_forcing_schedule: str = "linear"  # linear | inverse_sigmoid
+    val_translate: int = 200  # valid pairs translated for val_bleu/val_chrf at each eval (0: off)
+    val_beam: int = 1  # beam size of those translations (1: greedy)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every",
@@ -97,6 +128,19 @@ class TrainConfig:
             raise ScratchLMError(f"train.lr must be positive, got {self.lr}")
         if self.warmup_steps < 0:
             raise ScratchLMError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.best_metric not in ("val_loss", "val_bleu", "val_chrf"):
+            raise ScratchLMError(
+                f"train.best_metric must be val_loss, val_bleu or val_chrf, got {self.best_metric!r}"
+            )
+        if self.patience < 0 or self.val_translate < 0 or self.val_beam < 1:
+            raise ScratchLMError("train.patience and train.val_translate must be >= 0, train.val_beam >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ScratchLMError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("teacher_forcing", "teacher_forcing_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ScratchLMError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.teacher_forcing_schedule not in ("linear", "inverse_sigmoid"):
+            raise ScratchLMError("train.teacher_forcing_schedule must be linear or inverse_sigmoid")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ScratchLMError(
                 f"train.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"

@@ -21,12 +21,17 @@ class FamilySpec:
 
 
 def _families() -> dict[str, FamilySpec]:
-    from scratchlm.models import gpt, llama, rnn
+    from scratchlm.models import gpt, llama, rnn, seq2seq_rnn, seq2seq_transformer
 
     return {
         "gpt": FamilySpec("gpt", gpt.GPTConfig, gpt.GPT, gpt.PRESETS),
         "llama": FamilySpec("llama", llama.LlamaConfig, llama.Llama, llama.PRESETS),
         "rnn": FamilySpec("rnn", rnn.RNNConfig, rnn.RNNLM, rnn.PRESETS),
+        "seq2seq_rnn": FamilySpec("seq2seq_rnn", seq2seq_rnn.Seq2SeqRNNConfig,
+                                  seq2seq_rnn.Seq2SeqRNN, seq2seq_rnn.PRESETS),
+        "seq2seq_transformer": FamilySpec(
+            "seq2seq_transformer", seq2seq_transformer.Seq2SeqTransformerConfig,
+            seq2seq_transformer.Seq2SeqTransformer, seq2seq_transformer.PRESETS),
     }
 
 
@@ -48,3 +53,9 @@ def family_names() -> list[str]:
 def build_model(config: Any):
     """Instantiate the model class registered for `config.family`."""
     return get_family(config.family).model_cls(config)
+
+
+def is_encoder_decoder(model_or_config: Any) -> bool:
+    """True for families that encode a source and decode a target (translate, not generate)."""
+    family = getattr(model_or_config, "family", None) or model_or_config.config.family
+    return family in ("seq2seq_rnn", "seq2seq_transformer")

@@ -14,7 +14,17 @@ from scratchlm.errors import ScratchLMError
 
 
 def _verbs() -> dict[str, ModuleType]:
-    from scratchlm.cli import datasets, evaluate, generate, plot, prepare, tokenizer, train
+    from scratchlm.cli import (
+        attention,
+        datasets,
+        evaluate,
+        generate,
+        plot,
+        prepare,
+        tokenizer,
+        train,
+        translate,
+    )
 
     return {
         "datasets": datasets,
@@ -22,8 +32,10 @@ def _verbs() -> dict[str, ModuleType]:
         "prepare": prepare,
         "train": train,
         "generate": generate,
+        "translate": translate,
         "evaluate": evaluate,
         "plot": plot,
+        "attention": attention,
     }
 
 

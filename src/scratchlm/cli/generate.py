@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         num_samples=args.num_samples,
     )
     model, tokenizer = load(args.model_dir, device=torch.device(args.device))
+    if getattr(model, "is_encoder_decoder", False):
+        raise ScratchLMError(f"{args.model_dir} is an encoder-decoder ({model.config.family}): it "
+                             "translates a source; use `scratchlm translate MODEL_DIR --src TEXT`")
     n_prompt = len(tokenizer.encode(args.prompt)) or 1
     fits = max_new_tokens_for(model, n_prompt, config.max_new_tokens)
     if fits < config.max_new_tokens:

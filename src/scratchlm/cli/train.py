@@ -14,10 +14,13 @@ from pathlib import Path
 import torch
 
 from scratchlm.config import load_run_config
+from scratchlm.data.pairs import PairData, is_pairs_dir
 from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.plot import plot_run
-from scratchlm.registry import build_model
+from scratchlm.eval.translation import validator
+from scratchlm.registry import build_model, is_encoder_decoder
+from scratchlm.train.seq2seq import Seq2SeqLoss
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
 HELP = "train a model (config YAML + --section.key VALUE overrides)"
@@ -44,7 +47,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         cfg.data.dir = args.data
     if not cfg.data.dir:
         raise ScratchLMError("no data: pass --data DATA_DIR (from `scratchlm prepare`)")
-    data = TokenData(cfg.data.dir)
+    if is_pairs_dir(cfg.data.dir):
+        data, trainer_kwargs = _seq2seq_setup(cfg)
+    else:
+        if is_encoder_decoder(cfg.model):
+            raise ScratchLMError(
+                f"model.family {cfg.model.family} is an encoder-decoder: it trains on parallel "
+                f"pairs, and {cfg.data.dir} holds plain text (prepare pairs with `scratchlm "
+                "prepare DATASET_DIR --out DIR`, or use a decoder-only family: gpt, llama, rnn)"
+            )
+        data = TokenData(cfg.data.dir)
+        trainer_kwargs = {}
     if cfg.model.vocab_size == 0:
         cfg.model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size)
     elif cfg.model.vocab_size < data.vocab_size:
@@ -52,29 +65,64 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the data's vocabulary "
             f"({data.vocab_size}); leave it at 0 to take the data's"
         )
-    data.check_block_size(cfg.model.block_size)
+    if not trainer_kwargs:
+        data.check_block_size(cfg.model.block_size)
     if args.overwrite:
         clear_run_dir(out)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     m = cfg.model
-    shape = ", ".join(f"{k} {getattr(m, k)}" for k in ("cell", "n_layer", "n_head", "n_kv_head", "d_model")
+    shape = ", ".join(f"{k} {getattr(m, k)}" for k in ("cell", "attention", "n_layer", "n_head",
+                                                     "n_kv_head", "d_model")
                       if getattr(m, k, None) is not None)
+    if trainer_kwargs:
+        size = f"{data.num_pairs('train'):,} train pairs"
+    else:
+        size = f"{len(data.splits['train']):,} train tokens"
     print(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters ({shape}, "
-          f"context {m.block_size}); data: {data.dir} ({len(data.splits['train']):,} train tokens)")
-    block = m.block_size
-    trainer = Trainer(
-        model=model,
-        config=cfg,
-        tokenizer=data.tokenizer(),
-        batches=lambda split, rng: data.batch(split, batch_size=cfg.train.batch_size,
-                                              block_size=block, rng=rng),
-        out_dir=out,
-    )
+          f"context {m.block_size}); data: {data.dir} ({size})")
+    if not trainer_kwargs:
+        block = m.block_size
+        trainer_kwargs["batches"] = lambda split, rng: data.batch(
+            split, batch_size=cfg.train.batch_size, block_size=block, rng=rng)
+    trainer = Trainer(model=model, config=cfg, tokenizer=data.tokenizer(), out_dir=out,
+                      **trainer_kwargs)
     summary = trainer.fit(resume=args.resume)
     png = plot_run(out)
     print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
           f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
     print(f"model directory: {out / 'final'}; loss curve: {png}")
-    print(f"generate with:  scratchlm generate {out / 'final'} --prompt \"...\" --max-new-tokens 200")
+    if is_encoder_decoder(cfg.model):
+        print(f"translate with:  scratchlm translate {out / 'final'} --src \"...\" --num-beams 5")
+    else:
+        print(f"generate with:  scratchlm generate {out / 'final'} --prompt \"...\" --max-new-tokens 200")
     return 0
+
+
+def _seq2seq_setup(cfg) -> tuple[PairData, dict]:
+    """Parallel pairs: the seq2seq loss (label smoothing, scheduled sampling), batches of
+    similar lengths, and BLEU/chrF on the first train.val_translate valid pairs."""
+    if not is_encoder_decoder(cfg.model):
+        raise ScratchLMError(
+            f"{cfg.data.dir} holds parallel pairs; train an encoder-decoder on it "
+            f"(--model.family seq2seq_rnn or seq2seq_transformer), not {cfg.model.family}"
+        )
+    data = PairData(cfg.data.dir)
+    t = cfg.train
+    if max(data.max_len("train")) > cfg.model.block_size:
+        raise ScratchLMError(
+            f"{data.dir} has sequences of up to {max(data.max_len('train'))} tokens but "
+            f"model.block_size is {cfg.model.block_size}; raise it or prepare with a smaller --max-len"
+        )
+    kwargs = {
+        "batches": lambda split, rng: data.batch("valid" if split == "val" else split,
+                                                 batch_size=t.batch_size, rng=rng),
+        "loss_fn": Seq2SeqLoss(t),
+    }
+    if t.val_translate > 0:
+        pairs = data.texts("valid")[: t.val_translate]
+        kwargs["validate"] = validator(data.tokenizer(), pairs, beam=t.val_beam,
+                                       lang=data.meta.get("tgt_lang"))
+    elif t.best_metric != "val_loss":
+        raise ScratchLMError(f"train.best_metric {t.best_metric} needs train.val_translate > 0")
+    return data, kwargs

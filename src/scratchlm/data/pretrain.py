@@ -133,6 +133,7 @@ def prepare(
         tok.save(tmp / "tokenizer")
         meta = {
             "format": "scratchlm-tokens/1",
+            "kind": "tokens",
             "dtype": np.dtype(dtype).name,
             "vocab_size": tok.vocab_size,
             "tokenizer": "tokenizer",
@@ -155,6 +156,9 @@ class TokenData:
             raise ScratchLMError(f"{d} is not a prepared data directory (no meta.json); run `scratchlm prepare`")
         self.dir = d
         self.meta = read_json(meta_path)
+        if self.meta.get("kind") in ("pairs", "pairs-dataset"):
+            raise ScratchLMError(f"{d} is a parallel-pairs data directory; train a seq2seq family on it "
+                                 f"(model.family=seq2seq_rnn or seq2seq_transformer)")
         self.dtype = np.dtype(self.meta["dtype"])
         self.splits: dict[str, np.memmap] = {}
         for s in ("train", "val"):

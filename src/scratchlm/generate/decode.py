@@ -66,6 +66,18 @@ def _next_token(
     return sampling.sample(logits, generator)
 
 
+def init_cache(model: torch.nn.Module, *, batch_size: int, max_len: int, memory=None):
+    """The model's decoding state; encoder-decoders build theirs from the encoded source."""
+    if getattr(model, "is_encoder_decoder", False):
+        if memory is None:
+            raise ScratchLMError("this is an encoder-decoder model: it translates a source "
+                                 "(use `scratchlm translate` or pass memory=model.encode(src))")
+        return model.init_cache(batch_size=batch_size, max_len=max_len, memory=memory)
+    if memory is not None:
+        raise ScratchLMError("memory= is for encoder-decoder models; this is a decoder-only model")
+    return model.init_cache(batch_size=batch_size, max_len=max_len)
+
+
 def max_new_tokens_for(model: torch.nn.Module, prompt_len: int, wanted: int) -> int:
     """How many tokens fit after a prompt in the model's context; errors if none do."""
     block = model.max_context
@@ -87,11 +99,13 @@ def generate_tokens(
     config: GenerationConfig,
     eos_id: int | None = None,
     pad_id: int = 0,
+    memory=None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until max_new_tokens or every row hit eos.
 
     `input_ids` (B, T) are prompts of equal length. max_new_tokens is capped to what fits
-    in the model's context (see `max_new_tokens_for`)."""
+    in the model's context (see `max_new_tokens_for`). For an encoder-decoder, pass
+    memory=model.encode(src_ids, src_mask) and input_ids = <|bos|> per row."""
     B, T = input_ids.shape
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
     device = input_ids.device
@@ -102,7 +116,7 @@ def generate_tokens(
     if config.repetition_penalty != 1.0:
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
         seen.scatter_(1, input_ids, True)
-    cache = model.init_cache(batch_size=B, max_len=T + n_new)
+    cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # prefill: (B, 1, V)
     logits = logits[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)

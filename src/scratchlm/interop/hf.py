@@ -33,10 +33,18 @@ def has_hf_layout(family: str) -> bool:
     return family in ("gpt", "llama")
 
 
+def _aliases(config: Any) -> dict[str, str]:
+    """Parameters that are another parameter (tied): alias -> source. Saved once."""
+    if hasattr(config, "tied_weights"):
+        return config.tied_weights()
+    return {"lm_head.weight": EMBEDDING[config.family]} if _tied(config) else {}
+
+
 def to_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
+    aliases = _aliases(config)
     for k, v in state.items():
-        if k == "lm_head.weight" and _tied(config):
+        if k in aliases:
             continue
         if config.family == "gpt" and k.endswith(GPT2_CONV1D):
             v = v.t()
@@ -55,8 +63,9 @@ def from_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) ->
             if k.endswith(GPT2_CONV1D):
                 v = v.t()
         out[k] = v
-    if _tied(config) and EMBEDDING[config.family] in out:
-        out.setdefault("lm_head.weight", out[EMBEDDING[config.family]])
+    for alias, source in _aliases(config).items():
+        if source in out:
+            out.setdefault(alias, out[source])
     return out
 
 

@@ -1,14 +1,19 @@
-"""Attention kernels shared by the Transformer families.
+"""Attention: the kernels the Transformer families share, and the RNN attentions.
 
 `causal_attention` is scaled dot-product attention (Vaswani et al. 2017) through
 `F.scaled_dot_product_attention`, with an optional KV cache and grouped-query attention
-(Ainslie et al. 2023): k/v may have fewer heads than q.
+(Ainslie et al. 2023): k/v may have fewer heads than q. `padded_attention` attends over keys
+with padding (encoder self-attention, cross-attention). `RNNAttention` is the additive
+(Bahdanau) and dot/general/concat (Luong) attention of RNN encoder-decoders.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from scratchlm.models.cache import KVCache
 
@@ -43,3 +48,78 @@ def causal_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa
     )
+
+
+def padded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention over keys some of which are padding (encoder self-attention, cross-attention).
+
+    q: (B, nh, T, hd); k, v: (B, nh, S, hd); key_mask: (B, S) bool, True at real tokens.
+    Returns ((B, nh, T, hd), weights (B, nh, T, S) if need_weights else None). With
+    need_weights the softmax is computed here (SDPA does not return it); otherwise SDPA."""
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, S), broadcast over heads and queries
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    return out, weights
+
+
+class RNNAttention(nn.Module):
+    """Attention of one decoder state over the encoder states, for RNN encoder-decoders.
+
+        score(h, m_s) = v^T tanh(W_q h + W_k m_s)     "bahdanau" (Bahdanau et al. 2015)
+                      = h^T m_s                       "luong_dot" (Luong et al. 2015)
+                      = h^T W_a m_s                   "luong_general"
+                      = v^T tanh(W_a [h; m_s])        "luong_concat"
+        a = softmax_s(score) over real (unpadded) source positions;  c = sum_s a_s m_s
+
+    The part that depends only on the source (W_k m, W_a m, or the m-half of W_a [h; m]) is
+    computed once per source by `keys(memory)` and kept in the decoding state.
+    """
+
+    KINDS = ("bahdanau", "luong_dot", "luong_general", "luong_concat")
+
+    def __init__(self, kind: str, d_query: int, d_memory: int) -> None:
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(kind)
+        self.kind = kind
+        if kind == "luong_dot" and d_query != d_memory:
+            raise ValueError("luong_dot needs equal query and memory sizes")
+        if kind == "luong_general":
+            self.W_a = nn.Linear(d_memory, d_query, bias=False)
+        elif kind in ("bahdanau", "luong_concat"):
+            # [h; m] @ W_a^T = h @ W_q^T + m @ W_k^T: the concat score is the additive one.
+            self.W_q = nn.Linear(d_query, d_query, bias=False)
+            self.W_k = nn.Linear(d_memory, d_query, bias=True)
+            self.v = nn.Linear(d_query, 1, bias=False)
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, d_memory) -> (B, S, d_query): the source side of the score."""
+        if self.kind == "luong_dot":
+            return memory
+        if self.kind == "luong_general":
+            return self.W_a(memory)
+        return self.W_k(memory)
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query: (B, T, d_query); keys: (B, S, d_query); memory: (B, S, d_memory);
+        mask: (B, S) True at real tokens. Returns context (B, T, d_memory), weights (B, T, S)."""
+        if self.kind in ("luong_dot", "luong_general"):
+            scores = query @ keys.transpose(1, 2)  # (B, T, S)
+        else:
+            hidden = torch.tanh(self.W_q(query)[:, :, None, :] + keys[:, None, :, :])  # (B, T, S, d)
+            scores = self.v(hidden).squeeze(-1)  # (B, T, S)
+        weights = scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+        return weights @ memory, weights  # (B, T, d_memory), (B, T, S)

@@ -90,3 +90,99 @@ class RNNState:
         if self.c is not None:
             self.c = self.c.index_select(1, index)
         return self
+
+
+class Seq2SeqRNNState(RNNState):
+    """Decoding state of an RNN encoder-decoder: the decoder's hidden state plus what it
+    attends over, all batch-first except h/c:
+
+        h, c     (n_layer, B, H)  decoder hidden (and cell) state
+        memory   (B, S, Hm)       encoder states;  keys (B, S, H): their precomputed score side
+        mask     (B, S) bool      True at real source tokens
+        feed     (B, H)           attentional vector of the previous step (input feeding)
+        attention (B, T, S)       the attention weights of the most recent call (for plots)
+    """
+
+    def __init__(
+        self, *, h: torch.Tensor, c: torch.Tensor | None, memory: torch.Tensor,
+        keys: torch.Tensor | None, mask: torch.Tensor, feed: torch.Tensor | None,
+    ) -> None:
+        super().__init__(h=h, c=c)
+        self.memory, self.keys, self.mask, self.feed = memory, keys, mask, feed
+        self.attention: torch.Tensor | None = None
+
+    def reorder(self, index: torch.Tensor) -> Seq2SeqRNNState:
+        super().reorder(index)
+        self.memory = self.memory.index_select(0, index)
+        self.mask = self.mask.index_select(0, index)
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index)
+        if self.feed is not None:
+            self.feed = self.feed.index_select(0, index)
+        if self.attention is not None:
+            self.attention = self.attention.index_select(0, index)
+        return self
+
+
+class EncoderDecoderCache:
+    """Decoding state of a Transformer encoder-decoder: the decoder's self-attention KV cache,
+    which grows by one position a step, and the cross-attention keys/values of the source,
+    computed once per source:
+
+        self_kv            KVCache, (n_layer, B, n_head, max_len, head_dim)
+        cross_k, cross_v   (n_layer, B, n_head, S, head_dim)
+        mask               (B, S) bool, True at real source tokens
+    """
+
+    def __init__(
+        self, *, self_kv: KVCache, cross_k: torch.Tensor, cross_v: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        self.self_kv, self.cross_k, self.cross_v, self.mask = self_kv, cross_k, cross_v, mask
+
+    @property
+    def length(self) -> int:
+        return self.self_kv.length
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    def check_room(self, t: int) -> None:
+        self.self_kv.check_room(t)
+
+    def advance(self, t: int) -> None:
+        self.self_kv.advance(t)
+
+    def reorder(self, index: torch.Tensor) -> EncoderDecoderCache:
+        self.self_kv.reorder(index)
+        self.cross_k = self.cross_k.index_select(1, index)
+        self.cross_v = self.cross_v.index_select(1, index)
+        self.mask = self.mask.index_select(0, index)
+        return self
+
+
+class EncoderOutput:
+    """What an encoder hands the decoder: `model.encode(src_ids, src_mask)` returns it.
+
+        states  (B, S, Hm)   one vector per source token
+        mask    (B, S) bool  True at real source tokens
+        final   RNN encoders only: the decoder's initial (h, c), each (n_layer, B, H)
+    """
+
+    def __init__(
+        self, states: torch.Tensor, mask: torch.Tensor,
+        final: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> None:
+        self.states, self.mask, self.final = states, mask, final
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    def reorder(self, index: torch.Tensor) -> EncoderOutput:
+        final = None
+        if self.final is not None:
+            h, c = self.final
+            final = (h.index_select(1, index), None if c is None else c.index_select(1, index))
+        return EncoderOutput(self.states.index_select(0, index), self.mask.index_select(0, index),
+                             final)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scratchlm.config import check_sizes
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import RNNState
 from scratchlm.models.layers import output_logits
@@ -38,11 +39,7 @@ class RNNConfig:
     def __post_init__(self) -> None:
         if self.cell not in ("lstm", "gru"):
             raise ScratchLMError(f"model.cell must be lstm or gru, got {self.cell!r}")
-        for name in ("n_layer", "d_model", "block_size"):
-            if getattr(self, name) <= 0:
-                raise ScratchLMError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ScratchLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_sizes(self, ("n_layer", "d_model", "block_size"))
         if self.tie_embeddings and self.embed_dim != self.d_model:
             raise ScratchLMError("model.tie_embeddings needs model.d_embed equal to model.d_model")
 

@@ -43,11 +43,12 @@ from scratchlm.train.optim import lr_at, make_optimizer
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[str, np.random.Generator], Batch]
-LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # may also have on_step(step)
+Validator = Callable[[torch.nn.Module], dict[str, float]]  # e.g. {"val_bleu": 23.4}
 
 # Train keys that may change on --resume without changing the result of the steps already run.
 RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
-                        "device", "compile"}
+                        "device", "compile", "patience", "val_translate", "val_beam"}
 EVAL_STREAM = 0x5EED_E7A1  # a separate seed stream for the fixed validation batches
 
 
@@ -89,6 +90,7 @@ class Trainer:
         batches: BatchFn,
         out_dir: str | Path,
         loss_fn: LossFn = lm_loss,
+        validate: Validator | None = None,
         show_progress: bool | None = None,
     ) -> None:
         self.config = config
@@ -96,6 +98,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.batches = batches
         self.loss_fn = loss_fn
+        self.validate = validate
         self.out = Path(out_dir)
         self.show_progress = show_progress
         self.device = resolve_device(self.cfg.device)
@@ -105,8 +108,10 @@ class Trainer:
         self.optimizer = make_optimizer(model, self.cfg, device_type=self.device.type)
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self.step = 0
-        self.best_val = math.inf
-        self.tokens_per_step = None  # filled from the first batch
+        self.best_val = math.inf  # lowest validation loss
+        self.best_score = -math.inf  # best train.best_metric, sign-flipped so higher is better
+        self.bad_evals = 0  # evaluations since best_score last improved (early stopping)
+        self.tokens_seen = 0  # target tokens (labels that are not -100) since the last log
 
     # ------------------------------------------------------------------ run directory
     def _prepare_run_dir(self, *, resume: bool) -> None:
@@ -154,6 +159,8 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
+        self.best_score = float(state.get("best_score", -self.best_val))
+        self.bad_evals = int(state.get("bad_evals", 0))
         self._truncate_metrics(self.step)
 
     def _save_checkpoint(self) -> None:
@@ -163,6 +170,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best_val": self.best_val,
+            "best_score": self.best_score,
+            "bad_evals": self.bad_evals,
             # The schedule is a pure function of the step (optim.lr_at); kept for readers.
             "lr": lr_at(max(self.step - 1, 0), self.cfg),
         }
@@ -203,18 +212,45 @@ class Trainer:
         self.model.train()
         return total / self.cfg.eval_batches
 
+    def _evaluate_into(self, record: dict[str, Any], bar) -> float:
+        """Validation loss (and the validator's metrics) into `record`; keep best/."""
+        cfg = self.cfg
+        val_loss = self.evaluate()
+        record["val_loss"] = val_loss
+        if self.validate is not None:
+            self.model.eval()
+            record.update(self.validate(self.model))
+            self.model.train()
+        extra = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in record.items()
+                        if k.startswith("val_") and k != "val_loss")
+        bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss "
+                  f"{val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}{extra}")
+        self.best_val = min(self.best_val, val_loss)
+        if cfg.best_metric not in record:
+            raise ScratchLMError(f"train.best_metric is {cfg.best_metric}, which this run does not "
+                                 "compute (val_bleu/val_chrf need seq2seq data and train.val_translate > 0)")
+        score = -record[cfg.best_metric] if cfg.best_metric == "val_loss" else record[cfg.best_metric]
+        if score > self.best_score:
+            self.best_score, self.bad_evals = score, 0
+            save_model_dir(self.out / "best", self.model, self.tokenizer)
+        else:
+            self.bad_evals += 1
+        return val_loss
+
     def _train_step(self) -> float:
         """One optimizer step over grad_accum micro-batches; returns the mean loss."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if hasattr(self.loss_fn, "on_step"):
+            self.loss_fn.on_step(self.step)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             rng = np.random.default_rng([cfg.seed, self.step, micro])
-            batch = self._to_device(self.batches("train", rng))
-            if self.tokens_per_step is None:
-                self.tokens_per_step = batch["input_ids"].numel() * cfg.grad_accum
+            batch = self.batches("train", rng)
+            self.tokens_seen += int((batch["labels"] != -100).sum())  # on the CPU: no sync
+            batch = self._to_device(batch)
             with self._autocast():
                 loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
             self.scaler.scale(loss).backward()
@@ -258,27 +294,27 @@ class Trainer:
                 record: dict[str, Any] | None = None
                 if (self.step % cfg.log_every == 0 or self.step == stop):
                     dt = time.perf_counter() - t_log
-                    tok_s = self.tokens_per_step * steps_since / max(dt, 1e-9)
+                    tok_s = self.tokens_seen / max(dt, 1e-9)
                     record = {"step": self.step, "train_loss": last_loss,
                               "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1)}
                     bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
-                    t_log, steps_since = time.perf_counter(), 0
+                    t_log, steps_since, self.tokens_seen = time.perf_counter(), 0, 0
+                stopping = False
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                    val_loss = self.evaluate()
                     record = record or {"step": self.step, "train_loss": last_loss,
                                         "lr": lr_at(self.step - 1, cfg)}
-                    record["val_loss"] = val_loss
-                    bar.write(f"step {self.step}: train loss {last_loss:.4f}, val loss "
-                              f"{val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}")
-                    if val_loss < self.best_val:
-                        self.best_val = val_loss
-                        save_model_dir(self.out / "best", self.model, self.tokenizer)
+                    val_loss = self._evaluate_into(record, bar)
+                    stopping = cfg.patience > 0 and self.bad_evals >= cfg.patience
                     # Do not count evaluation time in tokens/s.
-                    t_log, steps_since = time.perf_counter(), 0
+                    t_log, steps_since, self.tokens_seen = time.perf_counter(), 0, 0
                 if record is not None:
                     self._log(record)
-                if self.step % cfg.save_every == 0 or self.step == stop:
+                if self.step % cfg.save_every == 0 or self.step == stop or stopping:
                     self._save_checkpoint()
+                if stopping:
+                    bar.write(f"early stop at step {self.step}: {cfg.best_metric} has not improved "
+                              f"for {cfg.patience} evaluations (train.patience)")
+                    break
         except KeyboardInterrupt:
             bar.close()
             self._save_checkpoint()
@@ -287,7 +323,7 @@ class Trainer:
                 f"the same command and --resume"
             ) from None
         bar.close()
-        if self.step >= cfg.max_steps:
+        if self.step >= cfg.max_steps or (cfg.patience > 0 and self.bad_evals >= cfg.patience):
             save_model_dir(self.out / "final", self.model, self.tokenizer)
         return {"step": self.step, "train_loss": last_loss, "val_loss": val_loss,
                 "best_val_loss": self.best_val}
