@@ -39,6 +39,8 @@ bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/decode_speed.py
 	$(BIN)/python bench/quality_char.py
+	$(BIN)/python bench/beam_speed.py
+	$(BIN)/python bench/seq2seq_mt.py --minutes 12
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

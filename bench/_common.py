@@ -36,8 +36,10 @@ measured on CPU. Reproduce with `make bench`, which runs, one after the other:
     .venv/bin/python bench/train_speed.py    # training tokens/s: ours vs HF GPT2LMHeadModel
     .venv/bin/python bench/decode_speed.py   # greedy decoding tokens/s: ours vs HF generate()
     .venv/bin/python bench/quality_char.py   # char-level Shakespeare, nanoGPT's CPU recipe
+    .venv/bin/python bench/beam_speed.py     # encoder-decoder beam search: ours vs HF Marian
 
-Each script rewrites only its own section of this file (between its `<!-- bench:NAME -->`
+Each script rewrites only its own section of this file (`bench/seq2seq_mt.py`, also run by
+`make bench`, writes docs/seq2seq.md) (between its `<!-- bench:NAME -->`
 markers); nothing here is typed in by hand. Speed scripts run both sides in one process,
 alternate their repeats (ours, peer, ours, peer, ...) and report medians, so a background job
 slows both alike; the ratio is ours / peer (above 1: we are faster). Hugging Face models are

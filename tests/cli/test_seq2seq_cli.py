@@ -1,0 +1,66 @@
+"""Train, translate, evaluate and plot attention for an encoder-decoder, end to end through
+the CLI on a tiny pairs dataset; and the errors of mixing the two kinds of model and data."""
+
+import json
+
+import pytest
+
+from tests.cli.test_cli import assert_clean_error, cli, run  # noqa: F401 (fixture)
+from tests.cli.test_prepare_pairs import write_dataset
+
+
+@pytest.fixture(scope="module")
+def mt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mt")
+    write_dataset(d / "ds")
+    cli("prepare", d / "ds", "--out", d / "data", "--tokenizer", "char")
+    out = cli("train", "--data", d / "data", "--out", d / "run", "--model.family", "seq2seq_transformer",
+              "--model.preset", "tiny", "--train.max_steps", "30", "--train.batch_size", "8",
+              "--train.eval_every", "15", "--train.eval_batches", "2", "--train.val_translate", "4",
+              "--train.best_metric", "val_bleu", "--train.label_smoothing", "0.1",
+              "--train.teacher_forcing_end", "0.8", "--train.device", "cpu")
+    return d, out
+
+
+def test_train_logs_bleu_and_keeps_best_by_it(mt):
+    d, out = mt
+    assert "val bleu" in out.stdout and "translate with:" in out.stdout
+    records = [json.loads(line) for line in (d / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_bleu" in r]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert all(0 <= r["val_bleu"] <= 100 and 0 <= r["val_chrf"] <= 100 for r in evals)
+    assert (d / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_translate_evaluate_attention(mt, tmp_path):
+    d, _ = mt
+    model = d / "run" / "final"
+    one = cli("translate", model, "--src", "the cat number 3 sat on the mat", "--num-beams", "3")
+    assert len(one.stdout.splitlines()) == 1
+    nbest = cli("translate", model, "--src", "the cat", "--num-beams", "3", "--num-return-sequences", "3")
+    assert len(nbest.stdout.splitlines()) == 3 and all("\t" in ln for ln in nbest.stdout.splitlines())
+    (tmp_path / "in.txt").write_text("the cat\nthe mat\n", encoding="utf-8")
+    cli("translate", model, "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt")
+    assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 2
+    ev = cli("evaluate", model, "--data", d / "data", "--metric", "bleu", "--metric", "chrf",
+             "--metric", "ppl", "--json")
+    r = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert r["pairs"] == 10 and r["split"] == "test"
+    assert r["bleu"]["signature"].startswith("nrefs:1|") and r["ppl"]["perplexity"] > 1
+    ev = cli("evaluate", model, "--data", d / "ds" / "test.tsv", "--metric", "rouge")
+    assert "ROUGE-1" in ev.stdout and "ROUGE-L" in ev.stdout
+    att = cli("attention", model, "--src", "the cat sat", "--out", tmp_path / "a.png", "--grid")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in att.stdout
+
+
+def test_mixing_kinds_is_a_clean_error(mt, run, tmp_path):  # noqa: F811 (pytest fixture)
+    d, _ = mt
+    assert_clean_error(cli("generate", d / "run" / "final", "--prompt", "hi", check=False),
+                       "scratchlm translate")
+    assert_clean_error(cli("translate", run / "run" / "final", "--src", "hi", check=False), "decoder-only")
+    assert_clean_error(cli("train", "--data", d / "data", "--out", tmp_path / "r", "--model.family",
+                           "llama", "--model.preset", "tiny", check=False), "encoder-decoder")
+    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r2",
+                           "--model.family", "seq2seq_rnn", check=False), "parallel")
+    assert_clean_error(cli("evaluate", d / "run" / "final", "--data", d / "nope.tsv", check=False),
+                       "not a pairs file")
