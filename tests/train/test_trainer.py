@@ -109,3 +109,32 @@ def test_weight_decay_groups():
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == model.num_params()  # tied weight counted once
+
+
+def test_best_by_validator_metric_and_early_stopping(char_data, tmp_path):
+    """best/ follows train.best_metric (higher is better for val_bleu), and train.patience
+    evaluations without improvement stop the run, with final/ and a resumable last/."""
+    trainer = _trainer(char_data, tmp_path / "r", max_steps=40, eval_every=4, best_metric="val_bleu",
+                       patience=2)
+    scores = iter([10.0, 30.0, 20.0, 25.0, 99.0])  # best at the 2nd eval; 2 worse ones stop it
+    seen_steps = []
+
+    def validate(model):
+        seen_steps.append(trainer.step)
+        return {"val_bleu": next(scores)}
+
+    trainer.validate = validate
+    summary = trainer.fit()
+    assert seen_steps == [4, 8, 12, 16] and summary["step"] == 16
+    assert (tmp_path / "r" / "final").is_dir() and (tmp_path / "r" / "last").is_dir()
+    records = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_bleu"] for r in records if "val_bleu" in r] == [10.0, 30.0, 20.0, 25.0]
+    best = load_file(tmp_path / "r" / "best" / "model.safetensors")
+    final = load_file(tmp_path / "r" / "final" / "model.safetensors")
+    assert any(not torch.equal(best[k], final[k]) for k in best)  # best is step 8's, not 16's
+    assert trainer.best_score == 30.0 and trainer.bad_evals == 2
+
+
+def test_best_metric_without_validator_is_an_error(char_data, tmp_path):
+    with pytest.raises(ScratchLMError, match="val_bleu"):
+        _trainer(char_data, tmp_path / "r", best_metric="val_bleu").fit()
