@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 RUN ?= runs/demo
 
-.PHONY: demo test install venv bench clean
+.PHONY: demo test test-browser install venv bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,18 @@ demo: install
 	@echo "  $(BIN)/python -c \"import scratchlm; m, t = scratchlm.load('$(RUN)/final'); print(scratchlm.generate(m, t, prompt='HAMLET:', max_new_tokens=200)[0])\""
 
 test: install
-	$(BIN)/python -m pytest
+	@[ -x /usr/bin/chromium ] || echo "note: /usr/bin/chromium is not installed, so the browser test (tests/serve/test_browser.py) is SKIPPED; 'make test-browser' installs Chromium and runs it"
+	$(BIN)/python -m pytest -rs
+
+# The web chat page end to end in headless Chromium: Debian's chromium + chromium-driver
+# (installed with apt-get if absent; Selenium drives them, no browser is downloaded).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: install
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+	$(BIN)/python -m pytest -rs tests/serve/test_browser.py
 
 bench: install
 	$(BIN)/python bench/train_speed.py

@@ -152,14 +152,77 @@ class DataConfig:
     dir: str = ""  # a directory written by `scratchlm prepare`
 
 
+LORA_TARGETS_ALL = "all-linear"
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA (Hu et al. 2021): W x + (alpha / r) * B A x, with A (r, in) and B (out, r)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05  # on the adapter's input only
+    targets: str = LORA_TARGETS_ALL  # all-linear (every linear but lm_head) | q_proj,v_proj,...
+    rslora: bool = False  # scale by alpha / sqrt(r) (Kalajdzievski 2023) instead of alpha / r
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ScratchLMError(f"lora.r must be positive, got {self.r}")
+        if self.alpha <= 0:
+            raise ScratchLMError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ScratchLMError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_list():
+            raise ScratchLMError("lora.targets is empty; use all-linear or names like q_proj,v_proj")
+
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+@dataclass
+class FinetuneConfig:
+    """What `scratchlm finetune` trains on and which parameters it trains."""
+
+    method: str = "lora"  # lora | full
+    base: str = ""  # the model directory being fine-tuned (set from the command line)
+    data: str = ""  # SFT file: Alpaca JSON/JSONL, chat JSONL ("messages") or prompt/completion
+    val_data: str = ""  # "": hold out val_fraction of `data`
+    val_fraction: float = 0.05
+    format: str = "auto"  # auto | alpaca | chat | prompt_completion
+    max_len: int = 0  # tokens per example; 0: the model's context (model.block_size)
+    truncation: str = "right"  # longer examples: right (cut the end) | left (keep the end) | drop
+    bad_lines: str = "error"  # malformed lines / examples: error (stop) | skip (count and go on)
+    packing: bool = False  # several short examples per row, no attention across them
+    group_by_length: bool = True  # unpacked batches of similar lengths (less padding)
+    freeze_embeddings: bool = False  # full: keep token (and position) embeddings fixed
+    freeze_layers: int = 0  # full: keep the first N blocks fixed
+    gradient_checkpointing: bool = False  # recompute block activations in backward
+
+    def __post_init__(self) -> None:
+        choices = {"method": ("lora", "full"), "truncation": ("right", "left", "drop"),
+                   "bad_lines": ("error", "skip"),
+                   "format": ("auto", "alpaca", "chat", "prompt_completion")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ScratchLMError(f"finetune.{name} must be one of {', '.join(allowed)}, "
+                                     f"got {getattr(self, name)!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ScratchLMError(f"finetune.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.max_len < 0 or self.freeze_layers < 0:
+            raise ScratchLMError("finetune.max_len and finetune.freeze_layers must be >= 0")
+
+
 @dataclass
 class RunConfig:
     model: Any = field(default_factory=DecoderConfig)  # the family's config dataclass
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # Fine-tuning sections: None (and left out of config.yaml) for pretraining runs.
+    lora: LoRAConfig | None = None
+    finetune: FinetuneConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 # ----------------------------------------------------------------------------- building
@@ -249,7 +312,10 @@ def build_model_config(values: dict[str, Any]) -> Any:
     return build_section(spec.config_cls, merged, "model")
 
 
-SECTIONS = {"model": None, "train": TrainConfig, "data": DataConfig}
+SECTIONS = {"model": None, "train": TrainConfig, "data": DataConfig, "lora": LoRAConfig,
+            "finetune": FinetuneConfig}
+# Sections built only when a recipe or an override names them.
+OPTIONAL_SECTIONS = ("lora", "finetune")
 
 
 def parse_overrides(args: list[str]) -> dict[str, dict[str, str]]:
@@ -305,10 +371,14 @@ def run_config_from_dict(
     merged = {s: dict(data.get(s) or {}) for s in SECTIONS}
     for s, vals in (overrides or {}).items():
         merged[s].update(vals)
+    named = set(data) | set(overrides or {})
+    optional = {s: build_section(SECTIONS[s], merged[s], s) if s in named else None
+                for s in OPTIONAL_SECTIONS}
     return RunConfig(
         model=build_model_config(merged["model"]),
         train=build_section(TrainConfig, merged["train"], "train"),
         data=build_section(DataConfig, merged["data"], "data"),
+        **optional,
     )
 
 

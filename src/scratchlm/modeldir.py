@@ -7,7 +7,9 @@
       generation_config.json
 
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads gpt and llama directories.
-`model, tokenizer = scratchlm.load(dir)` loads ours (and plain HF GPT-2/Llama directories).
+`model, tokenizer = scratchlm.load(dir)` loads ours, and plain Hugging Face directories of the
+architectures in `scratchlm.interop.hf.SUPPORTED` (weights in model.safetensors, sharded
+safetensors with model.safetensors.index.json, or pytorch_model.bin).
 """
 
 from __future__ import annotations
@@ -33,22 +35,33 @@ FORMAT = "scratchlm-model/1"
 
 def write_model_files(
     directory: Path, model: torch.nn.Module, tokenizer: Tokenizer,
-    *, generation: dict[str, Any] | None = None,
+    *, generation: dict[str, Any] | None = None, plain_hf: bool = False,
 ) -> None:
-    """Write a model directory's files into an existing (temporary) directory."""
+    """Write a model directory's files into an existing (temporary) directory.
+
+    plain_hf: a plain Hugging Face directory instead (no "scratchlm" block in config.json;
+    an encoder-decoder is written as Marian, under Marian's weight names)."""
     cfg = model.config
     ours = dataclasses.asdict(cfg)
-    if hf.has_hf_layout(cfg.family):
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    if plain_hf and not hf.can_export(cfg.family):
+        raise ScratchLMError(f"the {cfg.family} family has no Hugging Face architecture to export to")
+    if hf.has_hf_layout(cfg.family) or plain_hf:
         config = hf.to_hf_config(cfg, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                                  pad_id=tokenizer.pad_id)
     else:  # a family transformers has no class for: our config only
         config = {"model_type": f"scratchlm-{cfg.family}", "bos_token_id": tokenizer.bos_id,
                   "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-    config["scratchlm"] = {"format": FORMAT, "model": ours}
+    if plain_hf and cfg.family == "seq2seq_transformer":
+        from scratchlm.interop import marian
+
+        weights = marian.to_marian_state_dict(cfg, state)
+    else:
+        weights = hf.to_hf_state_dict(cfg, state)
+    if not plain_hf:
+        config["scratchlm"] = {"format": FORMAT, "model": ours}
     write_json(directory / "config.json", config)
-    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    save_file(hf.to_hf_state_dict(cfg, state), str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(directory, model_max_length=cfg.block_size)
     gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
            "pad_token_id": tokenizer.pad_id, **(generation or {})}
@@ -57,11 +70,11 @@ def write_model_files(
 
 def save_model_dir(
     path: str | os.PathLike, model: torch.nn.Module, tokenizer: Tokenizer,
-    *, generation: dict[str, Any] | None = None,
+    *, generation: dict[str, Any] | None = None, plain_hf: bool = False,
 ) -> Path:
     """Write a complete model directory atomically (replacing an old one at `path`)."""
     with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, tokenizer, generation=generation)
+        write_model_files(tmp, model, tokenizer, generation=generation, plain_hf=plain_hf)
     return Path(path)
 
 
@@ -89,32 +102,73 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         raise ScratchLMError(f"{path} is corrupt or not a safetensors file ({e})") from None
 
 
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle and zip errors of many kinds
+        raise ScratchLMError(f"{path} is corrupt or not a PyTorch weights file ({e})") from None
+
+
+def load_weights(d: Path) -> dict[str, torch.Tensor]:
+    """The weights of a model directory: model.safetensors, or the shards a
+    model.safetensors.index.json lists, or pytorch_model.bin (and its index)."""
+    for index_name, loader in (("model.safetensors.index.json", load_state),
+                               ("pytorch_model.bin.index.json", _load_bin)):
+        if (d / "model.safetensors").is_file() or not (d / index_name).is_file():
+            continue
+        try:
+            weight_map = read_json(d / index_name)["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ScratchLMError(f"{d / index_name} is not a valid shard index ({e})") from None
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (d / shard).is_file():
+                raise ScratchLMError(f"{d / index_name} lists {shard}, which is missing")
+            state.update(loader(d / shard))
+        return state
+    if not (d / "model.safetensors").is_file() and (d / "pytorch_model.bin").is_file():
+        return _load_bin(d / "pytorch_model.bin")
+    return load_state(d / "model.safetensors")
+
+
 def load(
     path: str | os.PathLike, *, device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, Tokenizer]:
-    """Load a model directory: returns (model in eval mode, tokenizer)."""
+    """Load a model directory (ours or a Hugging Face one) or a GGUF file: returns (model in
+    eval mode, tokenizer)."""
     d = Path(path)
+    if d.is_file():
+        from scratchlm.interop.gguf import load_gguf
+
+        model, tokenizer = load_gguf(d)
+        model.to(device=device, dtype=dtype)
+        return model.eval(), tokenizer
     config = read_model_config(d)
-    tokenizer = Tokenizer.load(d)
+    if not (d / "tokenizer.json").is_file() and (d / "source.spm").is_file():
+        from scratchlm.interop.marian import tokenizer_from_marian_dir
+
+        tokenizer = tokenizer_from_marian_dir(d)  # a Hugging Face Marian directory
+    else:
+        tokenizer = Tokenizer.load(d)
     if tokenizer.vocab_size > config.vocab_size:
         raise ScratchLMError(
             f"{d}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
         )
     model = build_model(config)
-    state = hf.from_hf_state_dict(config, load_state(d / "model.safetensors"))
+    state = hf.from_hf_state_dict(config, load_weights(d))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ScratchLMError(
-            f"{d}/model.safetensors does not match config.json (missing {missing[:3]}, "
+            f"{d}: the weights do not match config.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
     for k, v in expected.items():
         if state[k].shape != v.shape:
             raise ScratchLMError(
-                f"{d}/model.safetensors: {k} has shape {tuple(state[k].shape)}, config says {tuple(v.shape)}"
+                f"{d}: weight {k} has shape {tuple(state[k].shape)}, config says {tuple(v.shape)}"
             )
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype)

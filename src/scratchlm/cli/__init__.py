@@ -16,11 +16,17 @@ from scratchlm.errors import ScratchLMError
 def _verbs() -> dict[str, ModuleType]:
     from scratchlm.cli import (
         attention,
+        chat,
+        convert,
         datasets,
+        download,
         evaluate,
+        finetune,
         generate,
+        merge_lora,
         plot,
         prepare,
+        serve,
         tokenizer,
         train,
         translate,
@@ -31,11 +37,17 @@ def _verbs() -> dict[str, ModuleType]:
         "tokenizer": tokenizer,
         "prepare": prepare,
         "train": train,
+        "finetune": finetune,
+        "merge-lora": merge_lora,
         "generate": generate,
         "translate": translate,
+        "chat": chat,
+        "serve": serve,
         "evaluate": evaluate,
         "plot": plot,
         "attention": attention,
+        "convert": convert,
+        "download": download,
     }
 
 

@@ -1,6 +1,13 @@
 """Generate text from a model directory, streaming to the terminal:
 `scratchlm generate MODEL_DIR --prompt TEXT [--max-new-tokens N --temperature T --top-k K
---top-p P --min-p P --repetition-penalty R --stop STR --seed S --num-samples N --greedy]`."""
+--top-p P --min-p P --repetition-penalty R --stop STR --seed S --num-samples N --greedy]
+[--chat [--system TEXT]]`.
+
+With --chat the prompt is a user message: the model's chat template (tokenizer_config.json's
+`chat_template`, or scratchlm's default for models trained here) renders it with the
+generation prompt, and only the reply is printed. MODEL_DIR may also be a LoRA adapter
+directory (a `finetune --method lora` run's final/, or a PEFT adapter): it is applied to its
+base model."""
 
 from __future__ import annotations
 
@@ -13,29 +20,37 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for
-from scratchlm.modeldir import load
+from scratchlm.peft import load_with_adapter
 
 HELP = "generate text from a model directory"
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling options shared by `generate` and `chat`."""
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    add_sampling_arguments(p)
     p.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1,
                    help="samples in one batch (with --num-beams: the n-best list size)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     p.add_argument("--length-penalty", type=float, default=1.0, help="for beam search")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="for beam search")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--chat", action="store_true",
+                   help="the prompt is a user message, rendered with the model's chat template")
+    p.add_argument("--system", help="with --chat: a system message before the prompt")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -46,19 +61,29 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
         num_samples=args.num_samples,
     )
-    model, tokenizer = load(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
     if getattr(model, "is_encoder_decoder", False):
         raise ScratchLMError(f"{args.model_dir} is an encoder-decoder ({model.config.family}): it "
                              "translates a source; use `scratchlm translate MODEL_DIR --src TEXT`")
+    shown = args.prompt  # what is printed before the generated text
+    if args.system and not args.chat:
+        raise ScratchLMError("--system is for --chat")
+    if args.chat:
+        from scratchlm.data.sft import render_chat
+
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": args.prompt})
+        args.prompt = render_chat(messages, tokenizer=tokenizer, add_generation_prompt=True)
+        shown = ""
     n_prompt = len(tokenizer.encode(args.prompt)) or 1
     fits = max_new_tokens_for(model, n_prompt, config.max_new_tokens)
     if fits < config.max_new_tokens:
         print(f"note: only {fits} new tokens fit in the model's context "
               f"({model.max_context}) after a {n_prompt}-token prompt", file=sys.stderr)
     if args.num_beams > 1:
-        return _beam(args, model, tokenizer, fits)
+        return _beam(args, model, tokenizer, fits, shown)
     if config.num_samples == 1:
-        sys.stdout.write(args.prompt)
+        sys.stdout.write(shown)
         sys.stdout.flush()
 
         def stream(row: int, text: str) -> None:
@@ -70,11 +95,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     texts = generate(model, tokenizer, args.prompt, config)
     for i, text in enumerate(texts, 1):
-        print(f"--- sample {i} ---\n{args.prompt}{text}")
+        print(f"--- sample {i} ---\n{shown}{text}")
     return 0
 
 
-def _beam(args: argparse.Namespace, model, tokenizer, max_new: int) -> int:
+def _beam(args: argparse.Namespace, model, tokenizer, max_new: int, shown: str) -> int:
     cfg = BeamConfig(num_beams=args.num_beams, max_new_tokens=max_new,
                      length_penalty=args.length_penalty, num_return_sequences=args.num_samples,
                      no_repeat_ngram_size=args.no_repeat_ngram_size)
@@ -84,5 +109,5 @@ def _beam(args: argparse.Namespace, model, tokenizer, max_new: int) -> int:
                        eos_id=tokenizer.eos_id)[0]
     for i, h in enumerate(hyps, 1):
         header = f"--- beam {i} (score {h.score:.4f}) ---\n" if len(hyps) > 1 else ""
-        print(f"{header}{args.prompt}{tokenizer.decode(h.tokens)}")
+        print(f"{header}{shown}{tokenizer.decode(h.tokens)}")
     return 0

@@ -30,11 +30,13 @@ def shakespeare_sample_path() -> Path:
     return Path(str(resources.files("scratchlm") / "assets" / "shakespeare_sample.txt"))
 
 
-def pip_download(spec: str, dest: Path, *, timeout: float = 300) -> Path:
-    """`pip download --no-deps` one package into `dest`; return the file it wrote."""
+def pip_download(spec: str, dest: Path, *, timeout: float = 300, wheel: bool = False) -> Path:
+    """`pip download --no-deps` one package into `dest` (the sdist, or the wheel when `wheel`);
+    return the file it wrote."""
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.iterdir())
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+    kind = "--only-binary" if wheel else "--no-binary"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
            "-d", str(dest), spec]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -44,7 +46,7 @@ def pip_download(spec: str, dest: Path, *, timeout: float = 300) -> Path:
     found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(name)]
     if proc.returncode != 0 or not found:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ScratchLMError(f"pip download {spec} failed: {last}")
+        raise ScratchLMError(f"pip download {spec} failed (is PyPI reachable?): {last}")
     new = [p for p in found if p not in before]
     return (new or found)[0]
 

@@ -50,19 +50,25 @@ class GenerationConfig:
             raise ScratchLMError("stop strings must not be empty")
 
 
-def _next_token(
-    logits: torch.Tensor, seen: torch.Tensor | None, cfg: GenerationConfig,
-    generator: torch.Generator | None,
+def next_token(
+    logits: torch.Tensor, *, config: GenerationConfig, generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, V) logits -> (B,) tokens."""
+    """The one sampling step: (B, V) next-token logits -> (B,) tokens.
+
+    Repetition penalty over `seen` (B, V bool), then greedy (temperature 0) or temperature,
+    top-k, top-p, min-p and a draw from `generator`. `generate_tokens` calls it for its whole
+    batch; the server's batching engine (scratchlm.serve.batching) calls it once per request
+    on that request's rows of a shared batch, so every request samples with its own settings
+    and its own seeded generator."""
     if seen is not None:
-        logits = sampling.repetition_penalty(logits, seen, cfg.repetition_penalty)
-    if cfg.temperature == 0:
+        logits = sampling.repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
-    logits = sampling.top_k(logits, cfg.top_k)
-    logits = sampling.top_p(logits, cfg.top_p)
-    logits = sampling.min_p(logits, cfg.min_p)
+    logits = logits.float() / config.temperature
+    logits = sampling.top_k(logits, config.top_k)
+    logits = sampling.top_p(logits, config.top_p)
+    logits = sampling.min_p(logits, config.min_p)
     return sampling.sample(logits, generator)
 
 
@@ -122,7 +128,7 @@ def generate_tokens(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     stop_on_eos = eos_id is not None and not config.ignore_eos
     for i in range(n_new):
-        tok = _next_token(logits, seen, config, generator)  # (B,)
+        tok = next_token(logits, config=config, generator=generator, seen=seen)  # (B,)
         tok = tok.masked_fill(finished, pad_id)
         yield tok
         if stop_on_eos:
@@ -137,7 +143,7 @@ def generate_tokens(
         logits = logits[:, -1]
 
 
-class _TextStream:
+class TextStream:
     """Incremental detokenization of one row, holding back text that might still change:
     a partial UTF-8 character, or a prefix of a stop string."""
 
@@ -195,7 +201,7 @@ def generate(
         ids = [tokenizer.eos_id]  # an empty prompt starts a new document
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids] * config.num_samples, dtype=torch.long, device=device)
-    streams = [_TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
+    streams = [TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
     for tokens in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
                                   pad_id=tokenizer.pad_id):
         for row, t in enumerate(tokens.tolist()):

@@ -1,6 +1,10 @@
 """GPT-2 style decoder (Radford et al. 2019): learned positions, pre-LayerNorm, GELU MLP,
 tied input/output embeddings, biases everywhere.
 
+For packed fine-tuning rows (several examples in one row), `forward` also takes
+`position_ids` (B, T) and a block-diagonal causal `attn_mask` (B, 1, T, T), True where a
+query may attend: each example then sees only itself, at its own positions.
+
 Weight names follow Hugging Face `GPT2LMHeadModel` (transformer.wte, transformer.h.N.attn.c_attn,
 ...), with `nn.Linear` in place of GPT-2's transposed Conv1D: export transposes those weights
 (scratchlm.interop.hf).
@@ -60,13 +64,18 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, *, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, cache: KVCache | None, layer: int,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, nh, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
-        y = causal_attention(
-            q, k, v, cache=cache, layer=layer, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hd)
+        p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p)  # (B, nh, T, hd)
+        else:  # packed rows: the mask is causal and block-diagonal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -91,8 +100,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, *, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer)
+    def forward(
+        self, x: torch.Tensor, *, cache: KVCache | None, layer: int,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, attn_mask=attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -118,16 +130,24 @@ class GPT(DecoderLM):
         self.lm_head.weight = self.transformer.wte.weight  # tied (Press & Wolf 2017)
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0,
+        position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
+        if cache is not None and (position_ids is not None or attn_mask is not None):
+            raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
         T = input_ids.shape[1]
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        if position_ids is not None:
+            pos = position_ids  # (B, T): positions restart at 0 for every packed example
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache=cache, layer=i)
+            x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
+        if logits_mask is not None:  # (B, T) bool: logits (N, vocab) of those positions only
+            x = x[logits_mask]  # (N, C); fine-tuning needs no logits where labels are -100
         logits = output_logits(self.lm_head, self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

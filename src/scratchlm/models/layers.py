@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,12 +22,50 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021, RoFormer), "rotate half" layout as in HF Llama."""
+ROPE_TYPES = ("default", "linear", "llama3")
 
-    def __init__(self, head_dim: int, *, max_len: int, theta: float = 10000.0) -> None:
+
+def rope_inv_freq(
+    head_dim: int, *, theta: float = 10000.0, rope_type: str = "default", factor: float = 1.0,
+    low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, original_max_len: int = 0,
+) -> torch.Tensor:
+    """RoPE's inverse frequencies (hd/2,), with the position-scaling schemes of HF transformers.
+
+    - "default": theta^(-2i/hd).
+    - "linear" (position interpolation, Chen et al. 2023): the default divided by `factor`.
+    - "llama3" (Llama 3.1): wavelengths longer than original_max_len / low_freq_factor are
+      divided by `factor`, those shorter than original_max_len / high_freq_factor are kept,
+      and the band between is interpolated smoothly.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / factor
+    if rope_type == "llama3":
+        low_wavelen = original_max_len / low_freq_factor
+        high_wavelen = original_max_len / high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"unknown RoPE type {rope_type!r} (known: {', '.join(ROPE_TYPES)})")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021, RoFormer), "rotate half" layout as in HF Llama.
+
+    `inv_freq` (hd/2,) replaces the default frequencies (see `rope_inv_freq` for scaled RoPE)."""
+
+    def __init__(
+        self, head_dim: int, *, max_len: int, theta: float = 10000.0,
+        inv_freq: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if inv_freq is None:
+            inv_freq = rope_inv_freq(head_dim, theta=theta)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._build(max_len)
 

@@ -1,6 +1,14 @@
 """Llama-style decoder (Touvron et al. 2023): RoPE, RMSNorm, SwiGLU MLP, grouped-query
 attention, no biases, optionally tied embeddings.
 
+The same family holds the Llama-shaped models of other names, through optional fields that
+default to plain Llama: Llama 3 (RoPE scaling, `rope_type: llama3`), Mistral, Qwen2 (biases
+on q/k/v, `qkv_bias`), SmolLM2, and models whose head size is not d_model / n_head
+(`attn_head_dim`).
+
+For packed fine-tuning rows, `forward` also takes `position_ids` (B, T), where RoPE is
+applied, and a block-diagonal causal `attn_mask` (B, 1, T, T), True where a query may attend.
+
 Weight names are exactly Hugging Face `LlamaForCausalLM`'s (model.embed_tokens,
 model.layers.N.self_attn.q_proj, ..., lm_head), so export is a copy.
 """
@@ -11,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.config import DecoderConfig
@@ -18,7 +27,14 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import causal_attention
 from scratchlm.models.cache import KVCache
 from scratchlm.models.decoder import DecoderLM
-from scratchlm.models.layers import RMSNorm, RotaryEmbedding, SwiGLU, output_logits
+from scratchlm.models.layers import (
+    ROPE_TYPES,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    output_logits,
+    rope_inv_freq,
+)
 
 
 @dataclass
@@ -26,6 +42,43 @@ class LlamaConfig(DecoderConfig):
     family: str = "llama"
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
+    # RoPE position scaling, as Hugging Face's rope_parameters: default | linear | llama3.
+    rope_type: str = "default"
+    rope_factor: float = 1.0  # linear, llama3
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_len: int = 0  # llama3: the context the model was pretrained with
+    attn_head_dim: int | None = None  # None: d_model // n_head
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2)
+    o_bias: bool = False  # bias on the output projection (HF Llama's attention_bias sets both)
+    mlp_bias: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rope_type not in ROPE_TYPES:
+            raise ScratchLMError(
+                f"model.rope_type must be one of {', '.join(ROPE_TYPES)}, got {self.rope_type!r}"
+            )
+        if self.rope_factor <= 0:
+            raise ScratchLMError(f"model.rope_factor must be positive, got {self.rope_factor}")
+        if self.rope_type == "llama3" and (
+            self.rope_original_max_len <= 0 or self.rope_high_freq_factor <= self.rope_low_freq_factor
+        ):
+            raise ScratchLMError("rope_type llama3 needs model.rope_original_max_len > 0 and "
+                                 "model.rope_high_freq_factor > model.rope_low_freq_factor")
+        if self.attn_head_dim is not None and (self.attn_head_dim <= 0 or self.attn_head_dim % 2):
+            raise ScratchLMError(f"model.attn_head_dim must be positive and even, got {self.attn_head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.attn_head_dim or self.d_model // self.n_head
+
+    def rope_inv_freq(self):
+        return rope_inv_freq(
+            self.head_dim, theta=self.rope_theta, rope_type=self.rope_type, factor=self.rope_factor,
+            low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+            original_max_len=self.rope_original_max_len,
+        )
 
     @property
     def ffn_dim(self) -> int:
@@ -48,28 +101,43 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def rope_at(rope: RotaryEmbedding, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """RoPE at per-token positions (packed rows): x (B, nh, T, hd), position_ids (B, T)."""
+    cos = rope.cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, hd)
+    sin = rope.sin[position_ids].unsqueeze(1).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
 
     def forward(
         self, x: torch.Tensor, *, rope: RotaryEmbedding, start: int, cache: KVCache | None,
-        layer: int,
+        layer: int, position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = rope(q, start=start), rope(k, start=start)
-        y = causal_attention(
-            q, k, v, cache=cache, layer=layer, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hd)
+        if position_ids is None:
+            q, k = rope(q, start=start), rope(k, start=start)
+        else:
+            q, k = rope_at(rope, q, position_ids), rope_at(rope, k, position_ids)
+        p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p)  # (B, nh, T, hd)
+        else:  # packed rows: the mask is causal and block-diagonal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p,
+                                               enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)
 
@@ -80,14 +148,16 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim)
+        self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, bias=cfg.mlp_bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, *, rope: RotaryEmbedding, start: int, cache: KVCache | None,
-        layer: int,
+        layer: int, position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), rope=rope, start=start, cache=cache, layer=layer)
+        h = self.self_attn(self.input_layernorm(x), rope=rope, start=start, cache=cache, layer=layer,
+                           position_ids=position_ids, attn_mask=attn_mask)
         x = x + self.drop(h)
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
@@ -100,7 +170,8 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.rotary = RotaryEmbedding(cfg.head_dim, max_len=cfg.block_size, theta=cfg.rope_theta)
+        self.rotary = RotaryEmbedding(cfg.head_dim, max_len=cfg.block_size, theta=cfg.rope_theta,
+                                      inv_freq=cfg.rope_inv_freq())
 
 
 class Llama(DecoderLM):
@@ -119,14 +190,21 @@ class Llama(DecoderLM):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0,
+        position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         start = self._check_input(input_ids, cache)
+        if cache is not None and (position_ids is not None or attn_mask is not None):
+            raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
         T = input_ids.shape[1]
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
         for i, block in enumerate(self.model.layers):
-            x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i)
+            x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
+                      position_ids=position_ids, attn_mask=attn_mask)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
+        if logits_mask is not None:  # (B, T) bool: logits (N, vocab) of those positions only
+            x = x[logits_mask]  # (N, C); fine-tuning needs no logits where labels are -100
         logits = output_logits(self.lm_head, self.model.norm(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

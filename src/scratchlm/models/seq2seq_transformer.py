@@ -5,7 +5,8 @@
                                                            cross-attention to m
     output:   p(y_t | y_<t, x) = softmax(W_out o_t)        W_out tied to E by default
 
-Positions P are sinusoidal or learned. The decoding state (EncoderDecoderCache) holds the
+Positions P are sinusoidal (interleaved sin/cos, or Marian's [sin | cos] halves) or learned.
+An optional `final_logits_bias` (Marian's) is added to the logits. The decoding state (EncoderDecoderCache) holds the
 decoder's self-attention KV cache and the cross-attention keys/values of the source, which
 are computed once per source in `init_cache`, not once per step:
 
@@ -46,6 +47,7 @@ class Seq2SeqTransformerConfig:
     d_ff: int | None = None  # None: 4 * d_model
     block_size: int = 256  # longest source and longest target, in tokens
     positions: str = "sinusoidal"  # sinusoidal | learned
+    sinusoid_layout: str = "interleaved"  # interleaved (sin, cos, sin, ...) | split (Marian: sin... cos...)
     pre_norm: bool = True  # False: post-norm, as in the original paper and Marian
     activation: str = "relu"  # relu | gelu | swish
     dropout: float = 0.1
@@ -54,9 +56,14 @@ class Seq2SeqTransformerConfig:
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model)
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    final_logits_bias: bool = False  # a fixed (1, vocab) bias added to the logits (Marian)
 
     def __post_init__(self) -> None:
         check_sizes(self, ("n_layer", "n_head", "d_model", "block_size"))
+        if self.sinusoid_layout not in ("interleaved", "split"):
+            raise ScratchLMError(
+                f"model.sinusoid_layout must be interleaved or split, got {self.sinusoid_layout!r}"
+            )
         if self.d_model % self.n_head:
             raise ScratchLMError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
@@ -94,6 +101,19 @@ def sinusoids(n: int, d: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
     return pe
+
+
+def split_sinusoids(n: int, d: int) -> torch.Tensor:
+    """(n, d), Marian's layout: PE[p, i] = sin(p / 10000^(2i/d)) for i < d/2, and the cosines
+    in the second half. Computed in float64 as Hugging Face's Marian does, then float32."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(d, dtype=torch.float64)
+    angles = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / d)  # (n, d)
+    half = (d + 1) // 2
+    pe = torch.empty(n, d, dtype=torch.float64)
+    pe[:, :half] = torch.sin(angles[:, 0::2])
+    pe[:, half:] = torch.cos(angles[:, 1::2])
+    return pe.float()
 
 
 class MultiHeadAttention(nn.Module):
@@ -215,7 +235,10 @@ class Seq2SeqTransformer(nn.Module):
             self.src_pos = nn.Embedding(c.block_size, d)
             self.tgt_pos = nn.Embedding(c.block_size, d)
         else:
-            self.register_buffer("sinusoids", sinusoids(c.block_size, d), persistent=False)
+            table = split_sinusoids if c.sinusoid_layout == "split" else sinusoids
+            self.register_buffer("sinusoids", table(c.block_size, d), persistent=False)
+        if c.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, c.vocab_size))
         self.drop = nn.Dropout(c.dropout)
         self.encoder = nn.ModuleList([EncoderLayer(c) for _ in range(c.enc_layers)])
         self.decoder = nn.ModuleList([DecoderLayer(c) for _ in range(c.n_layer)])
@@ -297,6 +320,8 @@ class Seq2SeqTransformer(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = output_logits(self.lm_head, x)  # (B, T, V)
+        if self.config.final_logits_bias:
+            logits = logits + self.final_logits_bias.to(logits.dtype)
         if cache is None:
             return logits
         cache.advance(tgt_ids.shape[1])

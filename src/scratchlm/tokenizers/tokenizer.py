@@ -9,6 +9,12 @@ Two kinds, both lossless on any Unicode text:
 
 A saved tokenizer is `tokenizer.json` plus `tokenizer_config.json` (Hugging Face names, so
 `transformers.AutoTokenizer` loads it too).
+
+Tokenizers trained here use the special tokens <|pad|>, <|bos|>, <|eos|>, <|unk|>. Imported
+ones (a Hugging Face directory, a GGUF file) keep their own: the roles bos/eos/pad/unk are
+read from `tokenizer_config.json` (`bos_token`, ...), any of them may be absent (pad then
+falls back to eos), and a chat template found there (or in `chat_template.jinja`) is kept in
+`chat_template` and written back on save.
 """
 
 from __future__ import annotations
@@ -27,14 +33,35 @@ from scratchlm.fileio import atomic_file, read_json, write_json
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
 KINDS = ("char", "bpe")
+# Role -> token of the tokenizers trained here.
+DEFAULT_ROLES = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}
+ROLES = tuple(DEFAULT_ROLES)
 
 
 class Tokenizer:
-    def __init__(self, hf: HFTokenizer, *, kind: str) -> None:
+    """`kind`: "char" or "bpe" (byte-level) for tokenizers trained here; imported ones are
+    "bpe" when byte-level, else "sentencepiece" (a ▁-marked vocabulary) or "other".
+
+    `special_tokens` maps the roles pad/bos/eos/unk to token strings (None: the tokenizer has
+    no such token); the default is ours. `chat_template` is a Jinja template or None."""
+
+    def __init__(
+        self, hf: HFTokenizer, *, kind: str, special_tokens: dict[str, str | None] | None = None,
+        chat_template: str | None = None,
+    ) -> None:
         self.hf = hf
         self.kind = kind
-        ids = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
-        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (ids[PAD], ids[BOS], ids[EOS], ids[UNK])
+        roles = dict(DEFAULT_ROLES) if special_tokens is None else {r: special_tokens.get(r) for r in ROLES}
+        self.special_tokens = roles
+        self.chat_template = chat_template
+        ids = {r: (hf.token_to_id(t) if t is not None else None) for r, t in roles.items()}
+        missing = [t for r, t in roles.items() if t is not None and ids[r] is None]
+        if missing:
+            raise ScratchLMError(f"the tokenizer lacks the special tokens {missing}")
+        self.bos_id, self.eos_id, self.unk_id = ids["bos"], ids["eos"], ids["unk"]
+        # Without a pad token, padding uses eos (what is padded is never attended to or learned).
+        pad = ids["pad"] if ids["pad"] is not None else self.eos_id
+        self.pad_id = pad if pad is not None else 0
 
     # -- encoding
     @property
@@ -43,6 +70,8 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         ids = self.hf.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_id is None:
+            raise ScratchLMError("this tokenizer has no bos token to add")
         return [self.bos_id, *ids] if add_bos else ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -53,20 +82,27 @@ class Tokenizer:
 
     @property
     def special_ids(self) -> set[int]:
-        return {self.pad_id, self.bos_id, self.eos_id, self.unk_id}
+        """The role tokens' ids and those of every added token marked special."""
+        ids = {i for i in (self.pad_id, self.bos_id, self.eos_id, self.unk_id) if i is not None}
+        ids.update(i for i, t in self.hf.get_added_tokens_decoder().items() if t.special)
+        return ids
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each token stands for (0 for special tokens), for bits-per-byte."""
         out = np.zeros(self.vocab_size, dtype=np.int64)
         byte_level = self.kind == "bpe"
+        special = self.special_ids
+        added = set(self.hf.get_added_tokens_decoder())
         for token, i in self.hf.get_vocab(with_added_tokens=True).items():
-            if i in self.special_ids:
+            if i in special:
                 continue
-            if byte_level:
+            if byte_level and i not in added:
                 out[i] = len(token)  # one printable character per byte (GPT-2 byte map)
             elif token.startswith("<0x") and token.endswith(">") and len(token) == 6:
                 out[i] = 1
             else:
+                if self.kind == "sentencepiece":
+                    token = token.replace("\u2581", " ")
                 out[i] = len(token.encode("utf-8"))
         return out
 
@@ -76,15 +112,16 @@ class Tokenizer:
         d.mkdir(parents=True, exist_ok=True)
         with atomic_file(d / "tokenizer.json") as f:
             f.write(self.hf.to_str(pretty=False))
-        cfg = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": BOS,
-            "eos_token": EOS,
-            "pad_token": PAD,
-            "unk_token": UNK,
-            "clean_up_tokenization_spaces": False,
-            "scratchlm_kind": self.kind,
-        }
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast"}
+        for role, token in self.special_tokens.items():
+            if token is not None:
+                cfg[f"{role}_token"] = token
+        cfg["clean_up_tokenization_spaces"] = False
+        cfg["scratchlm_kind"] = self.kind
+        if self.special_tokens != DEFAULT_ROLES:
+            cfg["scratchlm_special_tokens"] = self.special_tokens  # which roles are absent
+        if self.chat_template:
+            cfg["chat_template"] = self.chat_template
         if model_max_length:
             cfg["model_max_length"] = model_max_length
         write_json(d / "tokenizer_config.json", cfg)
@@ -99,14 +136,82 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on bad JSON
             raise ScratchLMError(f"{path} is not a valid tokenizer file ({e})") from None
-        kind = "bpe"
+        cfg = {}
         if (d / "tokenizer_config.json").is_file():
-            kind = read_json(d / "tokenizer_config.json").get("scratchlm_kind", "bpe")
-        tok = cls(hf, kind=kind)
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
-        if missing:
-            raise ScratchLMError(f"{path} lacks the special tokens {missing}")
-        return tok
+            try:
+                cfg = read_json(d / "tokenizer_config.json")
+            except ValueError as e:
+                raise ScratchLMError(f"{d / 'tokenizer_config.json'} is not valid JSON ({e})") from None
+        chat_template = cfg.get("chat_template")
+        if isinstance(chat_template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in chat_template}
+            chat_template = named.get("default") or next(iter(named.values()), None)
+        if chat_template is None and (d / "chat_template.jinja").is_file():
+            chat_template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+        ours = all(hf.token_to_id(t) is not None for t in SPECIAL_TOKENS)
+        if not cfg and not ours and (d / "config.json").is_file():
+            cfg = _roles_from_model_config(hf, d / "config.json")  # tokenizer.json alone
+        if "scratchlm_kind" in cfg or not cfg:  # ours
+            roles = cfg.get("scratchlm_special_tokens") or dict(DEFAULT_ROLES)
+            if roles == DEFAULT_ROLES:
+                missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+                if missing:
+                    raise ScratchLMError(f"{path} lacks the special tokens {missing}")
+            kind = cfg.get("scratchlm_kind", "bpe")
+        else:  # a Hugging Face tokenizer: its own special tokens
+            roles = {r: _token_text(cfg.get(f"{r}_token")) for r in ROLES}
+            kind = detect_kind(hf)
+        try:
+            return cls(hf, kind=kind, special_tokens=roles, chat_template=chat_template)
+        except ScratchLMError as e:
+            raise ScratchLMError(f"{d}: {e}") from None
+
+
+def _roles_from_model_config(hf: HFTokenizer, path: Path) -> dict:
+    """bos/eos/pad/unk tokens from a model config.json's *_token_id (a directory that has a
+    tokenizer.json but no tokenizer_config.json)."""
+    try:
+        raw = read_json(path)
+    except ValueError:
+        return {}
+    out = {}
+    for role in ROLES:
+        i = raw.get(f"{role}_token_id")
+        if isinstance(i, list):
+            i = i[0] if i else None
+        token = hf.id_to_token(i) if isinstance(i, int) else None
+        if token is not None:
+            out[f"{role}_token"] = token
+    return out
+
+
+def _token_text(value) -> str | None:
+    """A tokenizer_config.json token entry: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def detect_kind(hf: HFTokenizer) -> str:
+    """"bpe" for byte-level vocabularies (GPT-2 style), "sentencepiece" for ▁-marked ones."""
+    import json
+
+    spec = json.loads(hf.to_str())
+
+    def types(node) -> set[str]:
+        if not isinstance(node, dict):
+            return set()
+        out = {node.get("type")}
+        for child in node.get("pretokenizers") or node.get("decoders") or []:
+            out |= types(child)
+        return out
+
+    found = types(spec.get("pre_tokenizer")) | types(spec.get("decoder"))
+    if "ByteLevel" in found:
+        return "bpe"
+    if "Metaspace" in found or "\u2581" in json.dumps(spec.get("normalizer") or {}, ensure_ascii=False):
+        return "sentencepiece"
+    return "other"
 
 
 # ----------------------------------------------------------------------------- training

@@ -7,6 +7,7 @@ Everything in trainer_state.pt is tensors and plain containers, so it loads with
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ STATE_FILE = "trainer_state.pt"
 def save_checkpoint(
     path: str | os.PathLike, *, model: torch.nn.Module, tokenizer: Tokenizer,
     state: dict[str, Any],
+    write: Callable[[Path, torch.nn.Module, Tokenizer], None] = write_model_files,
 ) -> None:
+    """`write` puts the model's files in the directory: a whole model directory by default
+    (a LoRA run passes one that writes only its adapter)."""
     with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, tokenizer)
+        write(tmp, model, tokenizer)
         torch.save(state, tmp / STATE_FILE)
 
 

@@ -10,6 +10,10 @@ this one. A run directory holds:
     best/            model directory with the lowest validation loss so far
     final/           model directory at the end of the run
 
+What a checkpoint keeps is the `write_model` / `read_model` pair: by default a complete
+model directory (modeldir.write_model_files); a LoRA run keeps only its adapter
+(scratchlm.peft.write_adapter_files / read_adapter_weights).
+
 Resume is exact: batches are a function of (seed, step, micro-step), and the optimizer,
 step and RNG states are restored, so on CPU a resumed run ends bit-identical to an
 uninterrupted one.
@@ -34,9 +38,9 @@ from tqdm import tqdm
 
 from scratchlm.config import RunConfig, run_config_from_dict
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_file
+from scratchlm.fileio import atomic_dir, atomic_file
 from scratchlm.interop import hf
-from scratchlm.modeldir import load_state, save_model_dir
+from scratchlm.modeldir import load_state, write_model_files
 from scratchlm.tokenizers import Tokenizer
 from scratchlm.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from scratchlm.train.optim import lr_at, make_optimizer
@@ -45,6 +49,9 @@ Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[str, np.random.Generator], Batch]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # may also have on_step(step)
 Validator = Callable[[torch.nn.Module], dict[str, float]]  # e.g. {"val_bleu": 23.4}
+# What a checkpoint keeps: write a model's files into a directory; read them back into it.
+ModelWriter = Callable[[Path, torch.nn.Module, Tokenizer], None]
+ModelReader = Callable[[Path, torch.nn.Module], None]
 
 # Train keys that may change on --resume without changing the result of the steps already run.
 RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
@@ -58,6 +65,11 @@ def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(
         logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
     )
+
+
+def read_model_files(path: Path, model: torch.nn.Module) -> None:
+    """Load the weights of a model directory written by write_model_files into `model`."""
+    model.load_state_dict(hf.from_hf_state_dict(model.config, load_state(path / "model.safetensors")))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +104,8 @@ class Trainer:
         loss_fn: LossFn = lm_loss,
         validate: Validator | None = None,
         show_progress: bool | None = None,
+        write_model: ModelWriter = write_model_files,
+        read_model: ModelReader = read_model_files,
     ) -> None:
         self.config = config
         self.cfg = config.train
@@ -101,6 +115,8 @@ class Trainer:
         self.validate = validate
         self.out = Path(out_dir)
         self.show_progress = show_progress
+        self.write_model = write_model
+        self.read_model = read_model
         self.device = resolve_device(self.cfg.device)
         self.amp_dtype = autocast_dtype(self.cfg.dtype, self.device)
         self.model = model.to(self.device)
@@ -134,14 +150,15 @@ class Trainer:
         if not cfg_path.is_file():
             raise ScratchLMError(f"{cfg_path} is missing; cannot check the run can be resumed")
         old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        old_cfg = run_config_from_dict({"model": old["model"], "train": old["train"]})
+        old_cfg = run_config_from_dict({k: v for k, v in old.items() if k != "data"})
         new, old = self.config.to_dict(), old_cfg.to_dict()
         diffs = []
-        for section in ("model", "train"):
-            for k in sorted(set(old[section]) | set(new[section])):
+        for section in [s for s in {**old, **new} if s != "data"]:
+            before, after = old.get(section) or {}, new.get(section) or {}
+            for k in sorted(set(before) | set(after)):
                 if section == "train" and k in RESUMABLE_TRAIN_KEYS:
                     continue
-                if old[section].get(k) != new[section].get(k):
+                if before.get(k) != after.get(k):
                     diffs.append(f"{section}.{k}")
         if diffs:
             raise ScratchLMError(
@@ -151,8 +168,7 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path) -> None:
         state = load_trainer_state(path)
-        weights = hf.from_hf_state_dict(self.model.config, load_state(path / "model.safetensors"))
-        self.model.load_state_dict(weights)
+        self.read_model(path, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -175,7 +191,13 @@ class Trainer:
             # The schedule is a pure function of the step (optim.lr_at); kept for readers.
             "lr": lr_at(max(self.step - 1, 0), self.cfg),
         }
-        save_checkpoint(self.out / "last", model=self.model, tokenizer=self.tokenizer, state=state)
+        save_checkpoint(self.out / "last", model=self.model, tokenizer=self.tokenizer, state=state,
+                        write=self.write_model)
+
+    def _save_model(self, path: Path) -> None:
+        """best/ and final/: what the checkpoint keeps, without the trainer state."""
+        with atomic_dir(path) as tmp:
+            self.write_model(tmp, self.model, self.tokenizer)
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.out / "metrics.jsonl"
@@ -232,7 +254,7 @@ class Trainer:
         score = -record[cfg.best_metric] if cfg.best_metric == "val_loss" else record[cfg.best_metric]
         if score > self.best_score:
             self.best_score, self.bad_evals = score, 0
-            save_model_dir(self.out / "best", self.model, self.tokenizer)
+            self._save_model(self.out / "best")
         else:
             self.bad_evals += 1
         return val_loss
@@ -324,7 +346,7 @@ class Trainer:
             ) from None
         bar.close()
         if self.step >= cfg.max_steps or (cfg.patience > 0 and self.bad_evals >= cfg.patience):
-            save_model_dir(self.out / "final", self.model, self.tokenizer)
+            self._save_model(self.out / "final")
         return {"step": self.step, "train_loss": last_loss, "val_loss": val_loss,
                 "best_val_loss": self.best_val}
 

@@ -1,0 +1,86 @@
+"""Convert a model between formats: `scratchlm convert SRC DST [--to scratchlm|hf|gguf
+--outtype f32|f16|bf16|q8_0 --force]`.
+
+SRC is a scratchlm model directory, a Hugging Face model directory (config.json, weights in
+model.safetensors, sharded safetensors with an index, or pytorch_model.bin; tokenizer.json,
+tokenizer_config.json, chat template) or a GGUF file. DST is written as:
+
+- scratchlm (the default for a directory): our model directory. For gpt and llama models it
+  is also a Hugging Face directory that `transformers` loads.
+- hf: a plain Hugging Face directory (no scratchlm block; an encoder-decoder as Marian).
+- gguf (the default when DST ends in .gguf): a Llama-architecture GGUF file, matrices in
+  --outtype (norms stay f32).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scratchlm.errors import ScratchLMError
+
+HELP = "convert a model between scratchlm, Hugging Face and GGUF formats"
+FORMATS = ("scratchlm", "hf", "gguf")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from scratchlm.interop.gguf import OUTTYPES
+
+    p.add_argument("src", metavar="SRC", help="model directory (scratchlm or Hugging Face) or .gguf file")
+    p.add_argument("dst", metavar="DST", help="directory, or a .gguf file")
+    p.add_argument("--to", choices=FORMATS, default=None,
+                   help="output format (default: gguf if DST ends in .gguf, else scratchlm)")
+    p.add_argument("--outtype", choices=OUTTYPES, default="f32", help="GGUF matrix type (default f32)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+
+
+def describe(path: Path) -> str:
+    from scratchlm.interop.gguf import is_gguf_file
+
+    if is_gguf_file(path):
+        return "GGUF file"
+    if (path / "config.json").is_file():
+        import json
+
+        try:
+            raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except ValueError:
+            return "model directory"
+        if "scratchlm" in raw:
+            return "scratchlm model directory"
+        return f"Hugging Face directory ({raw.get('model_type')})"
+    return "model"
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from scratchlm.interop.gguf import save_gguf
+    from scratchlm.modeldir import load, save_model_dir
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.exists():
+        raise ScratchLMError(f"{src} does not exist")
+    fmt = args.to or ("gguf" if dst.suffix.lower() == ".gguf" else "scratchlm")
+    if src.resolve() == dst.resolve():
+        raise ScratchLMError("SRC and DST are the same path")
+    if dst.exists() and not args.force:
+        raise ScratchLMError(f"{dst} exists; pass --force to replace it")
+    if dst.exists() and fmt == "gguf" and dst.is_dir():
+        raise ScratchLMError(f"{dst} is a directory; a GGUF output is a file")
+    model, tokenizer = load(src)
+    cfg = model.config
+    n = model.num_params()
+    what = f"{cfg.family}, {n / 1e6:.1f}M parameters, vocabulary {cfg.vocab_size}"
+    print(f"read {src} ({describe(src)}; {what})")
+    if fmt == "gguf":
+        save_gguf(dst, model, tokenizer, outtype=args.outtype)
+        print(f"wrote {dst} (GGUF, {args.outtype})")
+        return 0
+    if dst.exists() and not dst.is_dir():
+        raise ScratchLMError(f"{dst} is a file; the {fmt} format is a directory")
+    save_model_dir(dst, model, tokenizer, plain_hf=fmt == "hf")
+    if fmt == "hf" or cfg.family in ("gpt", "llama"):
+        note = "; transformers loads it with from_pretrained"
+    else:
+        note = ""
+    print(f"wrote {dst} ({'Hugging Face' if fmt == 'hf' else 'scratchlm'} model directory{note})")
+    return 0

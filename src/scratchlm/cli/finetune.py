@@ -1,0 +1,145 @@
+"""Fine-tune a model directory on instruction / chat data (SFT), with LoRA or fully:
+`scratchlm finetune MODEL_DIR --data FILE --out RUN_DIR [--method lora|full] [--val-data FILE]
+[--config FILE.yaml] [--section.key VALUE ...] [--resume] [--overwrite]`.
+
+Data: Alpaca JSON/JSONL (instruction, input, output), chat JSONL ({"messages": [...]}, loss
+on assistant turns only) or {"prompt", "completion"}; chats use the model's chat template.
+Overrides, e.g. `--lora.r 16 --lora.alpha 32 --lora.targets q_proj,v_proj --lora.rslora true
+--train.lr 1e-4 --finetune.packing true --finetune.max_len 256 --finetune.gradient_checkpointing
+true --finetune.freeze_layers 2` (sections train, lora, finetune; see configs/finetune-lora.yaml).
+
+A LoRA run's last/, best/ and final/ hold only the adapter, in PEFT's format
+(adapter_config.json + adapter_model.safetensors) with the tokenizer: `scratchlm generate
+RUN/final --chat ...` loads it on its base model, `scratchlm merge-lora RUN --out DIR` writes
+a merged model directory. A full run's are model directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from scratchlm.config import load_yaml, parse_overrides, run_config_from_dict
+from scratchlm.data.sft import SFTData, chat_template_of, load_examples, split_examples
+from scratchlm.errors import ScratchLMError
+from scratchlm.eval.plot import plot_run
+from scratchlm.modeldir import load, read_model_config
+from scratchlm.peft import trainable_summary
+from scratchlm.train.finetune import FAMILIES, adapter_io, prepare_model, sft_loss
+from scratchlm.train.trainer import Trainer, clear_run_dir
+
+HELP = "fine-tune a model directory on SFT data (LoRA or full)"
+ACCEPTS_OVERRIDES = True
+
+# Fine-tuning defaults, under a recipe's and the command line's values.
+TRAIN_DEFAULTS = {"max_steps": 200, "batch_size": 8, "warmup_steps": 10, "weight_decay": 0.0,
+                  "eval_every": 50, "eval_batches": 10, "save_every": 50, "log_every": 5}
+LR_DEFAULTS = {"lora": 2e-4, "full": 2e-5}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory to fine-tune")
+    p.add_argument("--data", help="SFT file (JSON or JSONL); sets finetune.data")
+    p.add_argument("--val-data", help="validation file; default: hold out finetune.val_fraction")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--method", choices=("lora", "full"), help="sets finetune.method (default lora)")
+    p.add_argument("--config", help="YAML recipe, e.g. configs/finetune-lora.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last/")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
+
+
+def _run_config(args: argparse.Namespace, extra: list[str], out: Path):
+    """The run's config: fine-tuning defaults < recipe (or the run's own config.yaml on
+    --resume) < --section.key overrides < the flags; the model section is MODEL_DIR's."""
+    own = args.resume and not args.config and (out / "config.yaml").is_file()
+    data = load_yaml(out / "config.yaml" if own else args.config) if (own or args.config) else {}
+    overrides = parse_overrides(extra)
+    if "model" in overrides or (data.get("model") and not own):
+        raise ScratchLMError("finetune takes the model (and its config) from MODEL_DIR; "
+                             "remove the model section / --model.* options")
+    data.pop("model", None)
+    data.pop("data", None)
+    ft = overrides.setdefault("finetune", {})
+    if args.method:
+        ft["method"] = args.method
+    if args.data:
+        ft["data"] = str(Path(args.data).resolve())
+    if args.val_data:
+        ft["val_data"] = str(Path(args.val_data).resolve())
+    ft["base"] = str(Path(args.model_dir).resolve())
+    method = ft.get("method") or (data.get("finetune") or {}).get("method") or "lora"
+    if method == "full" and (overrides.get("lora") or data.get("lora")):
+        raise ScratchLMError("lora.* settings apply to --method lora, not full")
+    train = {**TRAIN_DEFAULTS, "lr": LR_DEFAULTS.get(method, LR_DEFAULTS["lora"]),
+             **(data.get("train") or {})}
+    merged = {"train": train, "finetune": data.get("finetune") or {}}
+    if method == "lora":
+        merged["lora"] = data.get("lora") or {}
+    cfg = run_config_from_dict(merged, overrides)
+    cfg.model = read_model_config(args.model_dir)
+    return cfg
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ScratchLMError("--resume and --overwrite contradict each other; pick one")
+    cfg = _run_config(args, extra, out)
+    ft = cfg.finetune
+    if not ft.data:
+        raise ScratchLMError("no data: pass --data FILE (Alpaca, chat or prompt/completion JSONL)")
+    if cfg.model.family not in FAMILIES:
+        raise ScratchLMError(f"{args.model_dir} is a {cfg.model.family} model; finetune supports "
+                             f"the {', '.join(FAMILIES)} families")
+    block = cfg.model.block_size
+    max_len = ft.max_len or block
+    if max_len > block:
+        raise ScratchLMError(f"finetune.max_len ({max_len}) is longer than the model's context "
+                             f"({block})")
+    model, tokenizer = load(args.model_dir)
+    torch.manual_seed(cfg.train.seed)  # LoRA's A matrices
+    names = prepare_model(model, cfg)  # before reading the data: bad LoRA targets fail fast
+    template = chat_template_of(tokenizer)
+    read = {"tokenizer": tokenizer, "fmt": ft.format, "template": template, "max_len": max_len,
+            "truncation": ft.truncation, "bad_lines": ft.bad_lines}
+    examples, report = load_examples(ft.data, **read)
+    print(f"data: {ft.data}: {report.summary()}")
+    if ft.val_data:
+        val, val_report = load_examples(ft.val_data, **read)
+        print(f"validation: {ft.val_data}: {val_report.summary()}")
+        train = examples
+    else:
+        train, val = split_examples(examples, val_fraction=ft.val_fraction, seed=cfg.train.seed)
+        print(f"validation: {len(val)} of those examples held out (finetune.val_fraction)")
+    common = {"block_size": max_len, "pad_id": tokenizer.pad_id, "packing": ft.packing,
+              "group_by_length": ft.group_by_length}
+    splits = {"train": SFTData(train, batch_size=cfg.train.batch_size, **common),
+              "val": SFTData(val, batch_size=cfg.train.batch_size, **common)}
+    if args.overwrite:
+        clear_run_dir(out)
+    m = cfg.model
+    how = (f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g}{' (rsLoRA)' if cfg.lora.rslora else ''} "
+           f"on {len(names)} layers" if names else "full fine-tuning")
+    print(f"model: {args.model_dir} ({m.family}, {m.n_layer} layers, d_model {m.d_model}); {how}")
+    print(trainable_summary(model))
+    if ft.packing:
+        print(f"packing: {len(train)} examples in {len(splits['train'].rows)} rows of up to "
+              f"{max_len} tokens")
+    io = adapter_io(ft.base) if ft.method == "lora" else {}
+    trainer = Trainer(model=model, config=cfg, tokenizer=tokenizer, out_dir=out,
+                      batches=lambda split, rng: splits[split].batch(rng), loss_fn=sft_loss, **io)
+    if not args.resume:  # the same fixed validation batches as every later evaluation
+        print(f"val loss before fine-tuning: {trainer.evaluate():.4f}")
+    summary = trainer.fit(resume=args.resume)
+    png = plot_run(out)
+    print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
+          f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    if ft.method == "lora":
+        print(f"adapter (PEFT format): {out / 'final'}; loss curve: {png}")
+        print(f"merge with:  scratchlm merge-lora {out} --out MERGED_DIR")
+    else:
+        print(f"model directory: {out / 'final'}; loss curve: {png}")
+    print(f"chat with:  scratchlm generate {out / 'final'} --chat --prompt \"...\"")
+    return 0

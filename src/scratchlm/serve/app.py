@@ -1,0 +1,554 @@
+"""The OpenAI-compatible HTTP server (FastAPI) and its web chat page, over the batching engine.
+
+    app = create_app(model, tokenizer, ServerConfig(model_name="demo", api_key="..."))
+    uvicorn.run(app, host="127.0.0.1", port=8000)      # what `scratchlm serve` does
+
+    GET  /v1/models             the one model served
+    POST /v1/completions        prompt -> continuation; an encoder-decoder translates the prompt
+    POST /v1/chat/completions   messages -> reply (the model's chat template, else plain text;
+                                an encoder-decoder translates the last user message)
+    GET  /health                {"status": "ok", ...engine counters}
+    GET  /                      the chat page (/static/app.js, /static/style.css)
+
+Requests and responses follow the OpenAI API: `max_tokens`, `temperature`, `top_p`, `n`,
+`stop`, `seed`, `stream` (server-sent events ending in `data: [DONE]`, with
+`stream_options.include_usage`), `usage` counts; plus vLLM's extra `top_k`, `min_p`,
+`repetition_penalty` and `ignore_eos`. Errors are `{"error": {"message", "type", "param",
+"code"}}` with 400 (bad request), 401 (bad or missing API key), 404 (unknown model or path),
+413 (body too large) and 503 (every slot busy and the waiting line full; retry later).
+
+Safety: the API key is compared in constant time (hmac.compare_digest); bodies, prompts and
+max_tokens are bounded; the page's three files are read once at start-up, and no endpoint
+opens a file a request names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.generate.decode import GenerationConfig, max_new_tokens_for
+from scratchlm.generate.translate import LengthLimit
+from scratchlm.serve.batching import Busy, Engine, Event, Job
+from scratchlm.serve.prompt import chat_prompt
+from scratchlm.tokenizers import Tokenizer
+
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+# Arguments accepted and ignored, and those accepted only at their "off" value.
+IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}
+OFF = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
+       "logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
+       "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
+       "function_call": ("none", "auto"), "parallel_tool_calls": (True, False),
+       "response_format": ({"type": "text"},)}
+SAMPLING = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stop", "seed",
+            "top_k", "min_p", "repetition_penalty", "ignore_eos"}
+COMPLETION_ARGS = SAMPLING | {"prompt", "best_of"}
+CHAT_ARGS = SAMPLING | {"messages", "max_completion_tokens"}
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int | None = None  # None: the model's context
+    max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    max_n: int = 8
+    chat_template: str | None = None  # a Jinja template; None: plain continuation
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _error_response(e: ApiError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if e.status == 503 else None
+    return JSONResponse(error_body(e.message, type=e.type, param=e.param, code=e.code),
+                        status_code=e.status, headers=headers)
+
+
+# ----------------------------------------------------------------------------- parameters
+def _number(d: dict, name: str, default, lo: float, hi: float, *, integer: bool = False,
+            lo_open: bool = False):
+    v = d.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
+        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}", param=name)
+    if v < lo or v > hi or (lo_open and v == lo):
+        low = f"({lo:g}" if lo_open else f"[{lo:g}"
+        raise ApiError(400, f"'{name}' must be in {low}, {hi:g}], got {v}", param=name)
+    return v
+
+
+def _check_arguments(d: dict, allowed: set[str]) -> None:
+    for name, value in d.items():
+        if name in allowed or name in IGNORED or value is None:
+            continue
+        if name in OFF:
+            if value not in OFF[name]:
+                raise ApiError(400, f"'{name}' is not supported by this server", param=name)
+            continue
+        raise ApiError(400, f"Unrecognized request argument supplied: {name}", param=name)
+
+
+def _stop(d: dict) -> list[str]:
+    stop = d.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if (not isinstance(stops, list) or len(stops) > 4
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 of them",
+                       param="stop")
+    return stops
+
+
+def _sampling(d: dict, cfg: ServerConfig, *, default_max_tokens: int, max_rows: int) -> dict:
+    """The GenerationConfig fields a request asks for (max_new_tokens before capping)."""
+    name = "max_completion_tokens" if d.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(d, name, default_max_tokens, 1, cfg.max_tokens, integer=True)
+    n = _number(d, "n", 1, 1, min(cfg.max_n, max_rows), integer=True)
+    best_of = d.get("best_of")
+    if best_of is not None and best_of != n:
+        raise ApiError(400, "'best_of' is not supported by this server (only best_of = n)",
+                       param="best_of")
+    top_k = _number(d, "top_k", 0, -1, 1 << 31, integer=True)
+    seed = _number(d, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True)
+    for flag in ("stream", "ignore_eos"):
+        if d.get(flag) is not None and not isinstance(d[flag], bool):
+            raise ApiError(400, f"'{flag}' must be true or false", param=flag)
+    return {
+        "max_new_tokens": max_tokens,
+        "temperature": float(_number(d, "temperature", 1.0, 0, 2)),
+        "top_p": float(_number(d, "top_p", 1.0, 0, 1, lo_open=True)),
+        "top_k": max(0, top_k),  # vLLM's -1 is "off", as our 0
+        "min_p": float(_number(d, "min_p", 0.0, 0, 1)),
+        "repetition_penalty": float(_number(d, "repetition_penalty", 1.0, 0, 10, lo_open=True)),
+        "stop": _stop(d),
+        "seed": seed,
+        "num_samples": n,
+        "ignore_eos": bool(d.get("ignore_eos", False)),
+    }
+
+
+def _message_text(m, i: int) -> dict[str, str]:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise ApiError(400, f"messages[{i}] must be an object with a 'role'", param="messages")
+    role = "system" if m["role"] == "developer" else m["role"]
+    if role not in ("system", "user", "assistant"):
+        raise ApiError(400, f"messages[{i}] has role {m['role']!r}; this server takes system, "
+                       "developer, user and assistant messages", param="messages")
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: only text ones
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise ApiError(400, f"messages[{i}].content: only text parts are supported",
+                           param="messages")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+    return {"role": role, "content": content}
+
+
+# ----------------------------------------------------------------------------- the app
+class _Server:
+    """What the handlers share: model, tokenizer, engine, limits."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, cfg: ServerConfig,
+                 engine: Engine) -> None:
+        self.model, self.tok, self.cfg, self.engine = model, tokenizer, cfg, engine
+        self.encoder_decoder = engine.encoder_decoder
+        self.context = model.max_context  # None: unlimited (RNN)
+        self.created = int(time.time())
+
+    def authorize(self, request: Request) -> None:
+        if self.cfg.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        ok = hmac.compare_digest(given.strip().encode(), self.cfg.api_key.encode())
+        if scheme.lower() != "bearer" or not ok:
+            raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    async def read_json(self, request: Request) -> dict:
+        limit = self.cfg.max_body_bytes
+        too_large = ApiError(413, f"the request body is larger than this server's limit of "
+                             f"{limit} bytes", code="request_too_large")
+        length = request.headers.get("content-length")
+        body, seen = bytearray(), 0
+        # Read (and drop) the rest of an oversize body, up to a bound, so the client gets the
+        # 413 instead of a reset connection.
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= limit:
+                body += chunk
+            elif seen > 16 * limit:
+                break
+        if seen > limit or (length is not None and length.isdigit() and int(length) > limit):
+            raise too_large
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "'model' is required", param="model")
+        if model != self.cfg.model_name:
+            raise ApiError(404, f"The model '{model}' does not exist (this server has "
+                           f"'{self.cfg.model_name}')", param="model", code="model_not_found")
+        return data
+
+    # -- prompts -> jobs
+    def decoder_job(self, ids: list[int], fields: dict, param: str) -> Job:
+        p = len(ids)
+        limit = self.cfg.max_prompt_tokens
+        if limit is not None and p > limit:
+            raise ApiError(400, f"the {param} is {p} tokens; this server takes at most {limit}",
+                           param=param, code="context_length_exceeded")
+        if self.context is not None and p >= self.context:
+            raise ApiError(400, f"This model's maximum context length is {self.context} tokens; "
+                           f"the {param} is {p} tokens. Shorten it.", param=param,
+                           code="context_length_exceeded")
+        fields = {**fields, "max_new_tokens": max_new_tokens_for(self.model, p, fields["max_new_tokens"])}
+        return Job(config=GenerationConfig(**fields), emit=_no_emit, prompt=ids)
+
+    def translation_job(self, source_ids: list[int], fields: dict, param: str) -> Job:
+        src = [*source_ids, self.tok.eos_id]
+        block = self.model.config.block_size
+        if len(src) > block:
+            raise ApiError(400, f"the {param} is {len(src)} tokens (with <eos>); the model takes "
+                           f"sources of at most {block}", param=param, code="context_length_exceeded")
+        wanted = min(fields["max_new_tokens"], LengthLimit().of(len(src)))
+        fields = {**fields, "max_new_tokens": max_new_tokens_for(self.model, 1, wanted)}
+        return Job(config=GenerationConfig(**fields), emit=_no_emit, source=src)
+
+    def completion_jobs(self, d: dict) -> list[Job]:
+        fields = _sampling(d, self.cfg, default_max_tokens=min(16, self.cfg.max_tokens),
+                           max_rows=self.engine.max_rows)
+        prompt = d.get("prompt")
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = prompt
+        elif isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt):
+            prompts = [prompt]
+        elif (isinstance(prompt, list) and prompt
+              and all(isinstance(p, list) and p and all(_is_id(t) for t in p) for p in prompt)):
+            prompts = prompt
+        else:
+            raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids",
+                           param="prompt")
+        if len(prompts) * fields["num_samples"] > self.engine.max_rows:
+            raise ApiError(400, f"{len(prompts)} prompts x n={fields['num_samples']} choices is "
+                           f"more than this server's {self.engine.max_rows} slots", param="prompt")
+        jobs = []
+        for p in prompts:
+            ids = self.tok.encode(p) if isinstance(p, str) else list(p)
+            if any(t >= self.model.config.vocab_size for t in ids):
+                raise ApiError(400, "a token id in 'prompt' is outside the vocabulary", param="prompt")
+            if self.encoder_decoder:
+                if not ids:
+                    raise ApiError(400, "the prompt (the source to translate) is empty", param="prompt")
+                jobs.append(self.translation_job(ids, fields, "prompt"))
+            else:  # an empty prompt starts a new document, as in `generate`
+                jobs.append(self.decoder_job(ids or [self.tok.eos_id], fields, "prompt"))
+        return jobs
+
+    def chat_job(self, d: dict) -> tuple[Job, int]:
+        messages = d.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+        msgs = [_message_text(m, i) for i, m in enumerate(messages)]
+        if self.encoder_decoder:  # a translation model translates the last user message
+            users = [m["content"] for m in msgs if m["role"] == "user"]
+            ids = self.tok.encode(users[-1]) if users else []
+            if not ids:
+                raise ApiError(400, "no user message to translate", param="messages")
+            fields = _sampling(d, self.cfg, default_max_tokens=self.cfg.max_tokens,
+                               max_rows=self.engine.max_rows)
+            return self.translation_job(ids, fields, "messages"), len(ids) + 1
+        text = chat_prompt(msgs, tokenizer=self.tok, template=self.cfg.chat_template)
+        ids = self.tok.encode(text) or [self.tok.eos_id]
+        room = self.cfg.max_tokens if self.context is None else max(1, self.context - len(ids))
+        fields = _sampling(d, self.cfg, default_max_tokens=min(self.cfg.max_tokens, room),
+                           max_rows=self.engine.max_rows)
+        return self.decoder_job(ids, fields, "messages"), len(ids)
+
+    # -- running jobs
+    def submit(self, jobs: list[Job]) -> asyncio.Queue:
+        """Submit jobs; their events arrive on the returned queue as (job index, Event)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink(k: int):
+            def emit(ev: Event) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is gone (shutting down)
+                    loop.call_soon_threadsafe(queue.put_nowait, (k, ev))
+            return emit
+
+        for k, job in enumerate(jobs):
+            job.emit = sink(k)
+        submitted = []
+        try:
+            for job in jobs:
+                self.engine.submit(job)
+                submitted.append(job)
+        except (Busy, ScratchLMError) as e:
+            for job in submitted:
+                self.engine.cancel(job)
+            if isinstance(e, Busy):
+                raise ApiError(503, f"The server is busy ({e}); retry later.", type="server_error",
+                               code="server_busy") from None
+            raise
+        return queue
+
+    async def collect(self, request: Request, jobs: list[Job],
+                      queue: asyncio.Queue) -> tuple[list, int] | None:
+        """Wait for every choice: ([(text, finish_reason)], completion tokens), or None if
+        the client went away (its jobs are cancelled, which frees their slots)."""
+        n = jobs[0].n
+        texts: list[list[str]] = [[] for _ in range(len(jobs) * n)]
+        reasons: list[str | None] = [None] * len(texts)
+        tokens, left = 0, len(texts)
+        check = time.monotonic()
+        try:
+            while left:
+                if time.monotonic() >= check:  # twice a second, whether tokens come or not
+                    if await request.is_disconnected():
+                        return None
+                    check = time.monotonic() + 0.5
+                try:
+                    k, ev = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except TimeoutError:
+                    continue
+                i = k * n + ev.row
+                if ev.kind == "text":
+                    texts[i].append(ev.text)
+                elif ev.kind == "finish":
+                    reasons[i], tokens, left = ev.finish_reason, tokens + ev.tokens, left - 1
+                else:
+                    raise ApiError(500, ev.text, type="server_error")
+        finally:
+            if left:
+                for job in jobs:
+                    self.engine.cancel(job)
+        return [("".join(t), r) for t, r in zip(texts, reasons, strict=True)], tokens
+
+    async def stream(self, jobs: list[Job], queue: asyncio.Queue, *, chat: bool, rid: str,
+                     prompt_tokens: int, include_usage: bool):
+        """Server-sent events: one chunk per piece of text, one per finished choice, the usage
+        (if asked) and `data: [DONE]`. Leaving early (client gone) cancels the jobs."""
+        n = jobs[0].n
+        base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": self.cfg.model_name}
+
+        def chunk(i: int, text: str | None, reason: str | None = None, role: bool = False) -> str:
+            if chat:
+                delta = ({"role": "assistant", "content": ""} if role
+                         else {} if text is None else {"content": text})
+                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
+            else:
+                choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+        left, tokens = len(jobs) * n, 0
+        try:
+            if chat:
+                for i in range(left):
+                    yield chunk(i, None, role=True)
+            failed = False
+            while left and not failed:
+                # Everything that is ready goes out in one write, a choice's consecutive
+                # pieces in one chunk: one token a chunk when the server is idle, fewer and
+                # larger chunks when it is busy (each chunk costs the event loop time).
+                events = [await queue.get()]
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                out: list[str] = []
+                text: dict[int, str] = {}
+                for k, ev in events:
+                    i = k * n + ev.row
+                    if ev.kind == "text":
+                        text[i] = text.get(i, "") + ev.text
+                        continue
+                    if i in text:
+                        out.append(chunk(i, text.pop(i)))
+                    if ev.kind == "finish":
+                        left, tokens = left - 1, tokens + ev.tokens
+                        out.append(chunk(i, None, ev.finish_reason))
+                    else:
+                        out.append(f"data: {json.dumps(error_body(ev.text, type='server_error'))}\n\n")
+                        failed = True
+                        break
+                out += [chunk(i, t) for i, t in text.items()]
+                yield "".join(out)
+            if include_usage and not left:
+                usage = _usage(prompt_tokens, tokens)
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            if left:
+                for job in jobs:
+                    self.engine.cancel(job)
+
+
+def _no_emit(event: Event) -> None:  # replaced by _Server.submit
+    raise RuntimeError("job submitted without an event sink")
+
+
+def _is_id(t) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and t >= 0
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    root = resources.files("scratchlm.serve") / "static"
+    return {path: (root.joinpath(name).read_bytes(), media) for path, (name, media) in STATIC.items()}
+
+
+def create_app(model: torch.nn.Module, tokenizer: Tokenizer, config: ServerConfig, *,
+               engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app; it starts the engine (its own, by default) when the server starts."""
+    engine = engine or Engine(model, tokenizer)
+    srv = _Server(model, tokenizer, config, engine)
+    files = _static_files()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.server = srv
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return _error_response(e)
+
+    @app.exception_handler(ScratchLMError)
+    async def _user_error(request: Request, e: ScratchLMError):
+        return _error_response(ApiError(400, str(e)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        kind = "not_found" if e.status_code == 404 else None
+        return _error_response(ApiError(e.status_code, str(e.detail), code=kind))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": config.model_name, **engine.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        srv.authorize(request)
+        return {"object": "list", "data": [_model_card(srv)]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str, request: Request):
+        srv.authorize(request)
+        if name != config.model_name:
+            raise ApiError(404, f"The model '{name}' does not exist", param="model",
+                           code="model_not_found")
+        return _model_card(srv)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        srv.authorize(request)
+        d = await srv.read_json(request)
+        _check_arguments(d, COMPLETION_ARGS)
+        jobs = srv.completion_jobs(d)
+        prompt_tokens = sum(len(j.prompt) or len(j.source or []) for j in jobs)
+        return await _respond(srv, request, d, jobs, chat=False, prompt_tokens=prompt_tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        srv.authorize(request)
+        d = await srv.read_json(request)
+        _check_arguments(d, CHAT_ARGS)
+        job, prompt_tokens = srv.chat_job(d)
+        return await _respond(srv, request, d, [job], chat=True, prompt_tokens=prompt_tokens)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, e: Exception):
+        return _error_response(ApiError(500, f"internal error: {type(e).__name__}",
+                                        type="server_error"))
+
+    for path, (body, media) in files.items():
+        app.add_api_route(path, _page(body, media), methods=["GET"], include_in_schema=False)
+    return app
+
+
+def _page(body: bytes, media: str):
+    async def page():
+        # The page may load only its own files: no CDN, no inline script.
+        return Response(body, media_type=media, headers={
+            "Content-Security-Policy": "default-src 'self'", "X-Content-Type-Options": "nosniff"})
+    return page
+
+
+def _model_card(srv: _Server) -> dict:
+    cfg = srv.model.config
+    return {"id": srv.cfg.model_name, "object": "model", "created": srv.created,
+            "owned_by": "scratchlm",
+            "scratchlm": {"family": cfg.family, "context": srv.context,
+                          "encoder_decoder": srv.encoder_decoder,
+                          "chat_template": srv.cfg.chat_template is not None}}
+
+
+async def _respond(srv: _Server, request: Request, d: dict, jobs: list[Job], *, chat: bool,
+                   prompt_tokens: int):
+    queue = srv.submit(jobs)
+    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    if d.get("stream"):
+        options = d.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = srv.stream(jobs, queue, chat=chat, rid=rid, prompt_tokens=prompt_tokens,
+                            include_usage=include_usage)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    collected = await srv.collect(request, jobs, queue)
+    if collected is None:
+        return Response(status_code=499)  # nobody is listening (nginx's "client closed")
+    choices, tokens = collected
+    if chat:
+        out = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": reason} for i, (text, reason) in enumerate(choices)]
+    else:
+        out = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+               for i, (text, reason) in enumerate(choices)]
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": srv.cfg.model_name, "choices": out,
+            "usage": _usage(prompt_tokens, tokens)}

@@ -1,0 +1,475 @@
+"""Continuous batching: many generation requests decoded together on one engine thread, over
+the one decoder protocol (`init_cache`, `model(tokens, cache=...)`, `cache.reorder(index)`),
+with the one sampler (`decode.next_token`) and the one text streamer (`decode.TextStream`).
+
+    engine = Engine(model, tokenizer, max_rows=32)
+    engine.start()
+    engine.submit(Job(prompt=ids, config=GenerationConfig(...), emit=on_event))  # any thread
+    engine.cancel(job)                                                          # any thread
+    engine.stats()     # counters, as GET /health shows them
+
+A job is one prompt with n choices: n rows. Rows decode in batches that share a cache. Each
+engine iteration admits waiting jobs, then feeds every batch one token a row and runs the
+sampler once per job on that job's rows, with the job's own settings and seeded generator.
+Rows leave a batch (`reorder`) as soon as they finish or their client goes away, which
+frees their slot for the next waiting job.
+
+Why batches are "lockstep": the decoder protocol's KV cache has one length for all its rows
+(every row's next token sits at the same position, no padding masks), so a Transformer row
+joins a running batch of length L where its prompt is longer than L: it is prefilled with its
+first L prompt tokens, appended to the batch, and fed the rest of its prompt one token a step
+(its logits are ignored until its prompt is in). A batch a little longer than a newcomer's
+prompt (at most `max_rewind` positions) is rewound to it: its cache is cut back, and its rows
+re-feed the tokens they had past that point before they sample again. Requests that arrive
+together start a new batch at the length of their shortest prompt; a request that fits no
+running batch starts a new one (at most `max_batches` run at a time, stepped in turn) or
+waits for one to end. RNN state has no positions, so RNN rows join the running batch at any time.
+Encoder-decoder rows start from <bos> with their own encoded source; they are batched with
+the requests admitted at the same time (sources padded and masked, as `translate` does).
+docs/serving.md discusses what this costs and what per-row positions would add.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.generate.decode import GenerationConfig, TextStream, init_cache, next_token
+from scratchlm.models.cache import KVCache, RNNState
+from scratchlm.tokenizers import Tokenizer
+
+
+class Busy(Exception):
+    """No free slot and the waiting line is full: try again later."""
+
+
+@dataclass
+class Event:
+    """What the engine tells a job's owner, from the engine thread."""
+
+    kind: str  # "text" | "finish" | "error"
+    row: int = 0  # the choice (0 .. n-1)
+    text: str = ""  # "text": newly final text; "error": the message
+    finish_reason: str | None = None  # "finish": "stop" (eos or a stop string) or "length"
+    tokens: int = 0  # "finish": tokens the row generated (an eos included)
+    ids: list[int] = field(default_factory=list)  # "finish": the generated ids (no eos)
+
+
+@dataclass(eq=False)
+class Job:
+    """One prompt and `config.num_samples` choices. `prompt`: token ids for a decoder-only
+    model; for an encoder-decoder, `source` (ids ending in <eos>) and no prompt.
+    `config.max_new_tokens` must already fit the model's context. `emit` is called on the
+    engine thread and must not block."""
+
+    config: GenerationConfig
+    emit: Callable[[Event], None]
+    prompt: list[int] = field(default_factory=list)
+    source: list[int] | None = None
+    cancelled: bool = False
+    generator: torch.Generator | None = None  # set when admitted (seeded jobs)
+    finished_rows: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.config.num_samples
+
+
+class _Row:
+    """One choice of a job: the tokens to feed (prompt, then what was sampled) and how many of
+    them are in the cache."""
+
+    def __init__(self, job: Job, index: int, seq: list[int], fed: int, tokenizer: Tokenizer,
+                 seen: torch.Tensor | None) -> None:
+        self.job, self.index = job, index
+        self.seq = list(seq)
+        self.prompt_len = len(seq)
+        self.fed = fed
+        self.generated = 0
+        self.stream = TextStream(tokenizer, job.config.stop)
+        self.seen = seen  # (V,) bool, for the repetition penalty
+        self.done = False
+
+
+class _Batch:
+    """Rows sharing one cache. `length`: positions in the cache (the same for every row of a
+    Transformer batch); `joinable`: whether rows may be added while it runs."""
+
+    def __init__(self, cache, rows: list[_Row], length: int, max_len: int, joinable: bool) -> None:
+        self.cache, self.rows, self.length = cache, rows, length
+        self.max_len, self.joinable = max_len, joinable
+
+
+def _concat(a, b):
+    """Append the rows of cache `b` to cache `a` (same kind, same length). With `reorder`
+    (rows leave) and cutting `KVCache.length` back (`Engine._rewind`), all the batching needs
+    from a cache."""
+    if isinstance(a, KVCache) and isinstance(b, KVCache):
+        if a.length != b.length or a.max_len != b.max_len:
+            raise ValueError("KV caches of different lengths cannot share a batch")
+        a.k = torch.cat([a.k, b.k], 1)  # (n_layer, B_a + B_b, n_kv, max_len, hd)
+        a.v = torch.cat([a.v, b.v], 1)
+        return a
+    if type(a) is RNNState and type(b) is RNNState:
+        a.h = torch.cat([a.h, b.h], 1)  # (n_layer, B_a + B_b, H)
+        if a.c is not None:
+            a.c = torch.cat([a.c, b.c], 1)
+        a.length = max(a.length, b.length)
+        return a
+    raise TypeError(f"cannot append rows of {type(b).__name__} to {type(a).__name__}")
+
+
+class Engine:
+    """The batching engine. `max_rows`: rows decoding at once (slots); `max_waiting`: jobs that
+    may wait for a slot before `submit` raises Busy; `max_batches`: batches stepped in turn;
+    `max_catch_up`: most prompt tokens a row may be fed one a step to join a batch;
+    `max_rewind`: most positions a batch may be rewound for a shorter prompt to join it."""
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Tokenizer, *, max_rows: int = 32,
+        max_waiting: int = 64, max_batches: int = 2, max_catch_up: int = 64,
+        max_rewind: int = 32,
+    ) -> None:
+        if max_rows < 1 or max_batches < 1 or min(max_waiting, max_catch_up, max_rewind) < 0:
+            raise ScratchLMError("max_rows and max_batches must be >= 1, max_waiting, "
+                                 "max_catch_up and max_rewind >= 0")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_rows, self.max_waiting = max_rows, max_waiting
+        self.max_batches, self.max_catch_up = max_batches, max_catch_up
+        self.max_rewind = max_rewind
+        self.device = next(model.parameters()).device
+        self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        self.position_free = (not self.encoder_decoder
+                              and isinstance(init_cache(model, batch_size=1, max_len=1), RNNState))
+        self._cv = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._rows_in_use = 0  # rows admitted and not yet dropped (under _cv)
+        self._batches: list[_Batch] = []  # the engine thread's own
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected": 0,
+                       "tokens": 0, "steps": 0, "row_steps": 0, "max_rows_in_step": 0}
+
+    # ------------------------------------------------------------------ any thread
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="scratchlm-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises Busy when it does not fit now and the waiting line is full."""
+        if job.n > self.max_rows:
+            raise ScratchLMError(f"n={job.n} is more than the server's {self.max_rows} slots")
+        if self.encoder_decoder != (job.source is not None):
+            raise ScratchLMError("an encoder-decoder job needs a source, a decoder-only job a prompt")
+        if not self.encoder_decoder and not job.prompt:
+            raise ScratchLMError("the prompt is empty")
+        with self._cv:
+            if self._closing:
+                raise Busy("the server is shutting down")
+            free = self.max_rows - self._rows_in_use - sum(j.n for j in self._waiting)
+            if job.n > free and len(self._waiting) >= self.max_waiting:
+                self._stats["rejected"] += 1
+                raise Busy("all slots are busy and the waiting line is full")
+            self._waiting.append(job)
+            self._stats["requests"] += 1
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job (its client went away): its rows leave their batch at the next step."""
+        with self._cv:
+            if job.cancelled or job.finished_rows == job.n:
+                return
+            job.cancelled = True
+            self._stats["cancelled"] += 1
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._cv.notify()
+
+    def stats(self) -> dict[str, int]:
+        with self._cv:
+            return {**self._stats, "running_rows": self._rows_in_use,
+                    "waiting": len(self._waiting), "batches": len(self._batches)}
+
+    # ------------------------------------------------------------------ engine thread
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One iteration: admit waiting jobs, then feed every batch one token a row. The
+        engine thread runs it in a loop; tests may call it directly instead of start()."""
+        self._admit()
+        for batch in list(self._batches):
+            self._guarded(self._step, batch, [r.job for r in batch.rows])
+        self._batches = [b for b in self._batches if b.rows]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closing or self._waiting or self._batches):
+                    self._cv.wait()
+                if self._closing:
+                    break
+            self.step()
+        with self._cv:
+            jobs = list(self._waiting) + [r.job for b in self._batches for r in b.rows]
+            self._waiting.clear()
+        for job in dict.fromkeys(jobs):
+            job.emit(Event("error", text="the server is shutting down"))
+
+    def _guarded(self, fn, batch_or_jobs, jobs: list[Job]) -> None:
+        """Run fn; on an exception, fail the jobs it concerned (the others go on)."""
+        try:
+            fn(batch_or_jobs)
+        except Exception as e:
+            if not isinstance(e, ScratchLMError):
+                traceback.print_exc(file=sys.stderr)
+            message = str(e) if isinstance(e, ScratchLMError) else f"internal error: {e}"
+            failed = set(jobs)
+            placed = {r.job for b in self._batches for r in b.rows}
+            with self._cv:  # admitted, but failed before it had rows in a batch
+                self._rows_in_use -= sum(j.n for j in failed if j not in placed)
+            for b in self._batches:
+                if any(r.job in failed for r in b.rows):
+                    failed.update(r.job for r in b.rows)  # its cache may be half-updated
+                    self._release(b.rows)
+                    b.rows = []
+            for job in failed:
+                job.emit(Event("error", text=message))
+
+    def _release(self, rows: list[_Row]) -> None:
+        with self._cv:
+            self._rows_in_use -= len(rows)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into batches, in arrival order: a job joins a running batch where
+        the protocol allows it, else it starts a new batch with the other newcomers (while
+        fewer than max_batches run), else it keeps waiting. Nobody overtakes a job that waits
+        for free slots."""
+        with self._cv:
+            waiting = list(self._waiting)
+            free = self.max_rows - self._rows_in_use
+        joins: list[tuple[_Batch, Job]] = []
+        new: list[Job] = []
+        for job in waiting:
+            if job.n > free:
+                break
+            target = self._joinable(job)
+            if target is not None:
+                joins.append((target, job))
+            elif len(self._batches) < self.max_batches:
+                new.append(job)
+            else:
+                continue
+            free -= job.n
+        groups = self._group(new)
+        admitted = [j for _, j in joins] + [j for g in groups for j in g]
+        if not admitted:
+            return
+        with self._cv:
+            for job in admitted:
+                if job in self._waiting:
+                    self._waiting.remove(job)
+            self._rows_in_use += sum(j.n for j in admitted)
+        for job in admitted:
+            if job.config.seed is not None:
+                job.generator = torch.Generator(device=self.device).manual_seed(job.config.seed)
+        for batch, job in joins:
+            self._guarded(lambda j, b=batch: self._join(b, j), job, [job])
+        for group in groups:
+            self._guarded(self._start, group, group)
+
+    def _joinable(self, job: Job) -> _Batch | None:
+        if self.encoder_decoder:
+            return None
+        if self.position_free:
+            return self._batches[0] if self._batches else None
+        p = len(job.prompt) - 1  # the last prompt token is fed by a step, for its logits
+        ok = [b for b in self._batches if b.joinable]
+        # Best: a batch no longer than the prompt (the newcomer catches up alone); else one
+        # just a little longer, rewound to the prompt's length (every row re-feeds).
+        behind = [b for b in ok if b.length <= p and p - b.length <= self.max_catch_up]
+        if behind:
+            return max(behind, key=lambda b: b.length)
+        ahead = [b for b in ok if 0 < b.length - p <= self.max_rewind]
+        return min(ahead, key=lambda b: b.length, default=None)
+
+    def _group(self, jobs: list[Job]) -> list[list[Job]]:
+        """Newcomers -> new batches: by prompt length, each batch starting at its shortest
+        prompt and taking the prompts within max_catch_up of it (up to max_batches)."""
+        if not jobs:
+            return []
+        room = self.max_batches - len(self._batches)
+        if self.encoder_decoder or self.position_free:
+            return [jobs]
+        groups: list[list[Job]] = []
+        for job in sorted(jobs, key=lambda j: len(j.prompt)):
+            if groups and len(job.prompt) - len(groups[-1][0].prompt) <= self.max_catch_up:
+                groups[-1].append(job)
+            elif len(groups) < room:
+                groups.append([job])
+        return groups
+
+    def _rows(self, job: Job, seq: list[int], fed: int) -> list[_Row]:
+        seen = None
+        if job.config.repetition_penalty != 1.0:
+            seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+            seen[torch.tensor(seq, device=self.device)] = True
+        return [_Row(job, i, seq, fed, self.tokenizer, None if seen is None else seen.clone())
+                for i in range(job.n)]
+
+    def _prefill(self, prompts: list[list[int]], repeats: list[int], max_len: int):
+        """A cache holding `prompts` (equal lengths, possibly 0), each repeated for its rows."""
+        cache = init_cache(self.model, batch_size=len(prompts), max_len=max_len)
+        if prompts[0]:
+            ids = torch.tensor(prompts, dtype=torch.long, device=self.device)  # (J, L)
+            _, cache = self.model(ids, cache=cache, logits_to_keep=1)
+        index = [j for j, n in enumerate(repeats) for _ in range(n)]
+        if index != list(range(len(prompts))):
+            cache = cache.reorder(torch.tensor(index, device=self.device))  # (sum(repeats), ...)
+        return cache
+
+    def _room(self, jobs: list[Job]) -> int:
+        """Cache positions for these jobs' rows: prompt + new tokens, rounded up to 64 and
+        capped at the model's context (a model with an 8k context does not get 8k positions
+        a row for short requests). 0 for an RNN, whose state has no length."""
+        context = self.model.max_context
+        if not context:
+            return 0
+        need = max(len(j.prompt) + j.config.max_new_tokens for j in jobs)
+        return min(context, -(-need // 64) * 64)
+
+    def _grow(self, batch: _Batch, max_len: int) -> None:
+        """Give a Transformer batch's cache room for max_len positions (a joiner needs more)."""
+        cache = batch.cache
+        extra = max_len - cache.max_len
+        shape = (*cache.k.shape[:3], extra, cache.k.shape[4])
+        cache.k = torch.cat([cache.k, cache.k.new_zeros(shape)], 3)  # (L, B, n_kv, max_len, hd)
+        cache.v = torch.cat([cache.v, cache.v.new_zeros(shape)], 3)
+        batch.max_len = max_len
+
+    def _join(self, batch: _Batch, job: Job) -> None:
+        if not self.position_free and batch.length > len(job.prompt) - 1:
+            self._rewind(batch, len(job.prompt) - 1)
+        fed = len(job.prompt) - 1 if self.position_free else batch.length
+        if self._room([job]) > batch.max_len:
+            self._grow(batch, self._room([job]))
+        cache = self._prefill([job.prompt[:fed]], [job.n], batch.max_len)
+        batch.cache = _concat(batch.cache, cache)
+        batch.rows += self._rows(job, job.prompt, fed)
+
+    def _rewind(self, batch: _Batch, length: int) -> None:
+        """Cut a Transformer batch's cache back to `length` positions. What each row had
+        past it is still in its `seq` (prompt and sampled tokens), so the rows re-feed it,
+        one token a step, and sample again only once they are past what they had."""
+        batch.cache.length = length  # positions < length are untouched and still valid
+        batch.length = length
+        for r in batch.rows:
+            r.fed = min(r.fed, length)
+
+    def _start(self, jobs: list[Job]) -> None:
+        if self.encoder_decoder:
+            return self._start_encoder_decoder(jobs)
+        fed = min(len(j.prompt) for j in jobs) - 1
+        max_len = self._room(jobs)
+        cache = self._prefill([j.prompt[:fed] for j in jobs], [j.n for j in jobs], max_len)
+        rows = [r for j in jobs for r in self._rows(j, j.prompt, fed)]
+        self._batches.append(_Batch(cache, rows, fed, max_len, joinable=True))
+
+    def _start_encoder_decoder(self, jobs: list[Job]) -> None:
+        S = max(len(j.source) for j in jobs)
+        ids = torch.full((len(jobs), S), self.tokenizer.pad_id, dtype=torch.long)
+        for i, j in enumerate(jobs):
+            ids[i, : len(j.source)] = torch.tensor(j.source)
+        lengths = torch.tensor([len(j.source) for j in jobs])
+        mask = torch.arange(S)[None, :] < lengths[:, None]  # (J, S) True at real tokens
+        memory = self.model.encode(ids.to(self.device), mask.to(self.device))
+        index = torch.tensor([i for i, j in enumerate(jobs) for _ in range(j.n)], device=self.device)
+        memory = memory.reorder(index)  # one source row per choice
+        max_len = 1 + max(j.config.max_new_tokens for j in jobs)
+        cache = init_cache(self.model, batch_size=len(index), max_len=max_len, memory=memory)
+        rows = [r for j in jobs for r in self._rows(j, [self.tokenizer.bos_id], 0)]
+        self._batches.append(_Batch(cache, rows, 0, max_len, joinable=False))
+
+    def _step(self, batch: _Batch) -> None:
+        self._drop(batch, [r for r in batch.rows if r.job.cancelled])
+        if not batch.rows:
+            return
+        rows = batch.rows
+        tokens = torch.tensor([[r.seq[r.fed]] for r in rows], dtype=torch.long, device=self.device)
+        logits, batch.cache = self.model(tokens, cache=batch.cache)  # (B, 1, V)
+        logits = logits[:, -1]  # (B, V)
+        batch.length += 1
+        ready: dict[Job, list[int]] = {}
+        for i, r in enumerate(rows):
+            r.fed += 1
+            if r.fed == len(r.seq):  # its prompt is in: these logits are for a new token
+                ready.setdefault(r.job, []).append(i)
+        for job, idx in ready.items():
+            seen = torch.stack([rows[i].seen for i in idx]) if rows[idx[0]].seen is not None else None
+            picked = next_token(logits[torch.tensor(idx, device=self.device)], config=job.config,
+                                generator=job.generator, seen=seen)  # (len(idx),)
+            for i, t in zip(idx, picked.tolist(), strict=True):
+                self._accept(rows[i], t)
+        with self._cv:
+            self._stats["steps"] += 1
+            self._stats["row_steps"] += len(rows)
+            self._stats["max_rows_in_step"] = max(self._stats["max_rows_in_step"], len(rows))
+        self._drop(batch, [r for r in rows if r.done])
+
+    def _accept(self, row: _Row, token: int) -> None:
+        """A sampled token: as `decode.generate` treats it (eos ends the row, stop strings
+        end it and are cut, max_new_tokens ends it)."""
+        cfg = row.job.config
+        row.generated += 1
+        with self._cv:
+            self._stats["tokens"] += 1
+        if token == self.tokenizer.eos_id and not cfg.ignore_eos:
+            return self._finish(row, "stop")
+        row.seq.append(token)
+        if row.seen is not None:
+            row.seen[token] = True
+        piece = row.stream.push(token)
+        if piece:
+            row.job.emit(Event("text", row.index, piece))
+        if row.stream.done:
+            self._finish(row, "stop")
+        elif row.generated >= cfg.max_new_tokens:
+            self._finish(row, "length")
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.done = True
+        rest = row.stream.finish()
+        if rest:
+            row.job.emit(Event("text", row.index, rest))
+        with self._cv:
+            row.job.finished_rows += 1
+            self._stats["finished"] += row.job.finished_rows == row.job.n
+        row.job.emit(Event("finish", row.index, finish_reason=reason, tokens=row.generated,
+                           ids=row.seq[row.prompt_len :]))
+
+    def _drop(self, batch: _Batch, rows: list[_Row]) -> None:
+        """Remove finished or cancelled rows from a batch (its cache keeps the others)."""
+        if not rows:
+            return
+        gone = {id(r) for r in rows}
+        keep = [i for i, r in enumerate(batch.rows) if id(r) not in gone]
+        if keep:
+            batch.cache = batch.cache.reorder(torch.tensor(keep, device=self.device))
+        else:
+            batch.cache = None
+        batch.rows = [batch.rows[i] for i in keep]
+        self._release(rows)
