@@ -44,7 +44,7 @@ def test_beam_matches_brute_force(family, lp):
     with torch.no_grad():
         score, seq = _brute_force(model, prompt, vocab=vocab, length=length, eos=eos, lp=lp)
     hyps = beam_search(model, torch.tensor([prompt]), eos_id=eos, config=BeamConfig(
-        num_beams=vocab ** length, max_new_tokens=length, length_penalty=lp, early_stopping=False))
+        num_beams=vocab ** length, max_new_tokens=length, length_penalty=lp, early_stopping="never"))
     assert hyps[0][0].tokens == seq
     assert hyps[0][0].score == pytest.approx(score, abs=1e-4)
 
@@ -68,3 +68,44 @@ def test_no_repeat_ngram():
     seq = [1, 2] + hyps[0][0].tokens
     bigrams = list(zip(seq, seq[1:], strict=False))
     assert len(bigrams) == len(set(bigrams))
+
+
+
+class _Markov(torch.nn.Module):
+    """A decoder whose next-token distribution depends only on the last token (a table)."""
+
+    max_context = None
+
+    class State:
+        def reorder(self, index):
+            pass
+
+    def __init__(self, probs):
+        super().__init__()
+        self.table = torch.tensor(probs).log()  # (V, V): row = last token
+
+    def init_cache(self, batch_size, max_len):
+        return self.State()
+
+    def forward(self, ids, cache=None, logits_to_keep=None):
+        logits = self.table[ids]  # (B, T, V)
+        return logits if cache is None else (logits, cache)
+
+
+@pytest.mark.parametrize("early", [True, False, "never"])
+def test_an_ending_outside_the_top_k_does_not_finish(early):
+    """After token 0 the best move is 1 (p .6), then eos (p .9): greedy gives [1, eos]. eos
+    right away (p .3) ranks second, outside the top K = 1, so it must not finish a hypothesis
+    (if it did, early stopping would return [eos])."""
+    eos = 2
+    model = _Markov([[0.0, 0.6, 0.3, 0.1],
+                     [0.05, 0.0, 0.9, 0.05],
+                     [0.25, 0.25, 0.25, 0.25],
+                     [0.3, 0.3, 0.3, 0.1]])
+    hyps = beam_search(model, torch.tensor([[3, 0]]), eos_id=eos, config=BeamConfig(
+        num_beams=1, max_new_tokens=6, early_stopping=early))
+    assert hyps[0][0].tokens == [1, eos]
+
+def test_early_stopping_is_checked():
+    with pytest.raises(Exception, match="early_stopping"):
+        BeamConfig(early_stopping="sometimes")

@@ -28,7 +28,11 @@ class BeamConfig:
     max_new_tokens: int = 100
     length_penalty: float = 1.0  # >1 favours longer outputs, <1 shorter; 0: raw log-prob
     num_return_sequences: int = 1  # n-best list size (<= num_beams)
-    early_stopping: bool = True  # stop a row once num_beams hypotheses finished
+    # When a row stops (Hugging Face's convention): True, as soon as num_beams hypotheses have
+    # finished; False, once the best live beam, normalised at its current length, cannot beat
+    # the worst kept hypothesis (a heuristic); "never", only when no live beam can beat it at
+    # any length up to the limit (exact, slower).
+    early_stopping: bool | str = False
     no_repeat_ngram_size: int = 0  # 0: off
 
     def __post_init__(self) -> None:
@@ -38,6 +42,9 @@ class BeamConfig:
             raise ScratchLMError("num_return_sequences must be between 1 and num_beams")
         if self.max_new_tokens < 1:
             raise ScratchLMError("max_new_tokens must be at least 1")
+        if self.early_stopping not in (True, False, "never"):
+            raise ScratchLMError(f"early_stopping must be true, false or 'never', "
+                                 f"not {self.early_stopping!r}")
 
 
 @dataclass
@@ -76,15 +83,17 @@ class _Finished:
         self.hyps.sort(key=lambda h: h.score, reverse=True)
         del self.hyps[self.k :]
 
-    def is_done(self, best_live_logprob: float, length: int, max_length: int, early: bool) -> bool:
+    def is_done(self, best_live_logprob: float, length: int, max_length: int,
+                early: bool | str) -> bool:
         if len(self.hyps) < self.k:
             return False
-        if early:
+        if early is True:
             return True
         # Can a live beam still beat the worst kept hypothesis? Its log-prob only decreases;
         # its length grows up to max_length. With lp > 0 a longer length divides a negative
-        # log-prob by more, so the best it can reach is at max_length; with lp <= 0, now.
-        best_length = max_length if self.lp > 0 else length
+        # log-prob by more, so the best it can reach is at max_length ("never"); with
+        # lp <= 0, now. early=False judges at the current length, as Hugging Face does.
+        best_length = max_length if (self.lp > 0 and early == "never") else length
         return self.norm(best_live_logprob, best_length) <= self.hyps[-1].score
 
 
@@ -136,14 +145,17 @@ def beam_search(
             if done[b]:
                 continue
             filled = 0
-            for score, idx in zip(top_scores[b], top_idx[b], strict=True):
+            for rank, (score, idx) in enumerate(zip(top_scores[b], top_idx[b], strict=True)):
                 if score == float("-inf"):
                     break
                 beam, token = divmod(idx, V)
                 parent = b * K + beam
                 tokens = seqs[parent] + [token]
                 if eos_id is not None and token == eos_id:
-                    finished[b].add(tokens, score)
+                    # An ending counts only if it is among the K best candidates: the extra K
+                    # are there to refill live beams, not to finish weak hypotheses early.
+                    if rank < K:
+                        finished[b].add(tokens, score)
                     continue
                 if last:
                     finished[b].add(tokens, score)  # out of length: unfinished hypotheses count
