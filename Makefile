@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/quality_char.py
 	$(BIN)/python bench/beam_speed.py
 	$(BIN)/python bench/seq2seq_mt.py --minutes 12
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache
