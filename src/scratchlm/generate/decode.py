@@ -145,42 +145,81 @@ def generate_tokens(
 
 class TextStream:
     """Incremental detokenization of one row, holding back text that might still change:
-    a partial UTF-8 character, or a prefix of a stop string."""
+    a partial UTF-8 character, or a prefix of a stop string.
+
+    Each token costs O(1) decoding, whatever the length of the row: only a window of the
+    last tokens is decoded (as vLLM's incremental detokenizer does). `ids[_prefix:_read]`
+    is the context already turned into text; a new token decodes `ids[_prefix:]`, and what
+    that adds to the text of `ids[_prefix:_read]` is new text, unless it ends in U+FFFD (a
+    multi-byte character split across tokens; the window grows until it is complete). The
+    context token keeps decoders that look at neighbours (SentencePiece's leading space)
+    consistent. Stop strings are searched for in the text not yet returned, which holds the
+    last len(longest stop) - 1 characters back."""
 
     def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
         self.tok = tokenizer
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.ids: list[int] = []
-        self.emitted = 0
         self.done = False
-        self.text = ""
+        self._prefix = self._read = 0  # token offsets of the decoded window
+        self._out: list[str] = []  # text returned so far
+        self._pending = ""  # decoded text not returned yet (held back, or cut by a stop)
+
+    @property
+    def text(self) -> str:
+        """The row's text so far (cut at a stop string), returned or held back."""
+        return "".join(self._out) + self._pending
 
     def push(self, token: int) -> str:
         """Add a token; return newly safe text."""
         self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        for s in self.stop:
-            at = text.find(s, max(0, self.emitted - len(s)))
-            if at != -1:
-                self.done = True
-                text = text[:at]
-        self.text = text
+        if self.done:
+            return ""
+        new = self._decoded(complete_only=True)
+        if new:
+            self._add(new)
         if self.done:
             return self.finish()
-        end = len(text) - self.hold
-        while end > self.emitted and text[end - 1] == "\ufffd":
-            end -= 1  # an incomplete multi-byte character
-        if end <= self.emitted:
+        end = len(self._pending) - self.hold
+        if end <= 0:
             return ""
-        out = text[self.emitted : end]
-        self.emitted = end
+        out, self._pending = self._pending[:end], self._pending[end:]
+        self._out.append(out)
         return out
 
     def finish(self) -> str:
-        out = self.text[self.emitted :]
-        self.emitted = len(self.text)
+        """The rest of the text (what was held back, a trailing incomplete character as
+        U+FFFD); the row is over."""
+        if not self.done:
+            rest = self._decoded(complete_only=False)
+            if rest:
+                self._add(rest)
+        out, self._pending = self._pending, ""
+        self._out.append(out)
         return out
+
+    def _decoded(self, *, complete_only: bool) -> str:
+        """The text the tokens past `_read` add, advancing the window; "" while it would
+        end in an incomplete character (unless complete_only is False)."""
+        if self._read == len(self.ids):
+            return ""
+        before = self.tok.decode(self.ids[self._prefix : self._read])
+        after = self.tok.decode(self.ids[self._prefix :])
+        if complete_only and (len(after) <= len(before) or after.endswith("\ufffd")):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]
+
+    def _add(self, new: str) -> None:
+        """Append decoded text; cut it at the first stop string (one may start in the
+        held-back text, which is the only text returned text does not end in)."""
+        text = self._pending + new
+        cuts = [at for at in (text.find(s) for s in self.stop) if at != -1]
+        if cuts:
+            self.done = True
+            text = text[: min(cuts)]
+        self._pending = text
 
 
 def generate(
