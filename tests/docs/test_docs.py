@@ -1,55 +1,112 @@
-"""Every ```python block of every docs/*.md page runs, so the docs cannot rot.
+"""Every ```python block of every docs/**/*.md page runs, so the docs cannot rot.
 
 One test per page: its python blocks run in order in one shared namespace (a page reads top
 to bottom like a notebook), after torch.manual_seed(0), with a temporary directory as the
-working directory. Other fences (```bash, ```console, ```text, ...) are shown, not run. A
-failure names the page and the line of the block's opening fence, and the traceback points
-at lines of the .md file.
+working directory. Other fences (```bash, ```console, ```text, ...) are shown, not run,
+except that a ```text output block must be exactly what the python block before it printed.
+A failure names the page and the line of the block's opening fence, and the traceback points
+at lines of the .md file. Pages are collected recursively (docs/learn/, docs/recipes/, ...);
+a test's id is the page's path below docs/.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import io
 import re
+import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*(.*)$")
+PYTHON = ("python", "py", "python3")
 
 
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """(1-based line of the opening fence, code) of each ```python / ```py block."""
+@dataclass
+class Block:
+    line: int  # 1-based line of the opening fence
+    lang: str  # "python", "text", "bash", ... ("" for a bare fence)
+    info: str  # the rest of the fence's info string, e.g. "output" in ```text output
+    code: str
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    """Every fenced block of a markdown page, in order."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         m = FENCE.match(lines[i])
         if not m:
             i += 1
             continue
-        indent, fence, lang = m.groups()
+        indent, fence, lang, info = m.groups()
         start, body, i = i + 1, [], i + 1
         while i < len(lines) and not lines[i].strip().startswith(fence):
             line = lines[i]
             body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
             i += 1
         i += 1  # the closing fence
-        if lang.lower() in ("python", "py", "python3"):
-            blocks.append((start, "\n".join(body) + "\n"))
+        blocks.append(Block(start, lang.lower(), info.strip(), "\n".join(body) + "\n"))
     return blocks
 
 
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """(1-based line of the opening fence, code) of each ```python / ```py block."""
+    return [(b.line, b.code) for b in fenced_blocks(text) if b.lang in PYTHON]
+
+
+def _lines(text: str) -> list[str]:
+    """Lines without trailing spaces, and without blank lines at either end."""
+    return [ln.rstrip() for ln in text.strip("\n").splitlines()]
+
+
+class _Tee(io.StringIO):
+    """Keeps what a block prints and still shows it (pytest -s)."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def write(self, s: str) -> int:
+        self.out.write(s)
+        return super().write(s)
+
+
 def run_page(path: Path, label: str) -> None:
+    """Run the page's python blocks in order in one namespace. A ```text output block
+    must be exactly what the python block before it printed (trailing spaces and blank
+    lines at the ends aside); plain ```text blocks are shown, not checked."""
     namespace: dict = {"__name__": "__docs__"}
-    for line, code in python_blocks(path.read_text(encoding="utf-8")):
+    printed: tuple[int, str] | None = None  # (line, stdout) of the last python block
+    for block in fenced_blocks(path.read_text(encoding="utf-8")):
+        if block.lang == "text" and block.info == "output":
+            if printed is None:
+                pytest.fail(f"{label}: the output block at line {block.line} follows no python "
+                            "block", pytrace=False)
+            if _lines(printed[1]) != _lines(block.code):
+                diff = "\n".join(difflib.unified_diff(
+                    _lines(block.code), _lines(printed[1]), "the page", "printed", lineterm=""))
+                pytest.fail(f"{label}: the output block at line {block.line} is not what the "
+                            f"python block at line {printed[0]} printed:\n{diff}", pytrace=False)
+            printed = None
+            continue
+        if block.lang not in PYTHON:
+            continue
         # Pad with newlines so tracebacks give the line numbers of the .md file.
-        compiled = compile("\n" * line + code, str(path), "exec")
+        compiled = compile("\n" * block.line + block.code, str(path), "exec")
+        tee = _Tee(sys.stdout)
         try:
-            exec(compiled, namespace)
+            with contextlib.redirect_stdout(tee):
+                exec(compiled, namespace)
         except Exception:
-            pytest.fail(f"{label}: the python block at line {line} failed:\n"
+            pytest.fail(f"{label}: the python block at line {block.line} failed:\n"
                         f"{traceback.format_exc()}", pytrace=False)
+        printed = (block.line, tee.getvalue())
 
 
 @pytest.fixture
@@ -66,16 +123,22 @@ def docs_env(tmp_path, monkeypatch):
 
 
 # Pages with no python block (generated benchmark tables) have nothing to run.
-PAGES = [p for p in sorted(DOCS.glob("*.md")) if python_blocks(p.read_text(encoding="utf-8"))]
+PAGES = [p for p in sorted(DOCS.rglob("*.md")) if python_blocks(p.read_text(encoding="utf-8"))]
+IDS = [p.relative_to(DOCS).as_posix() for p in PAGES]
 
 
 def test_there_are_pages_to_run():
-    assert len(PAGES) >= 3, [p.name for p in PAGES]
+    assert len(PAGES) >= 3, IDS
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_pages_in_subfolders_are_collected():
+    """The learning path (docs/learn/) runs like the top-level pages."""
+    assert any(i.startswith("learn/") for i in IDS), IDS
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
 def test_page(page, docs_env):
-    run_page(page, f"docs/{page.name}")
+    run_page(page, f"docs/{page.relative_to(DOCS).as_posix()}")
 
 
 def test_blocks_are_found_with_their_lines():
@@ -90,3 +153,15 @@ def test_failure_names_page_and_line(tmp_path):
         run_page(page, "docs/page.md")
     assert "docs/page.md: the python block at line 7 failed" in str(e.value)
     assert f'File "{page}", line 9' in str(e.value)  # the failing line of the .md file
+
+
+def test_output_blocks_are_checked(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nprint('a  ')\nprint(1 + 1)\n```\n\n```text output\na\n2\n```\n"
+                    "\n```text\nnot checked\n```\n")
+    run_page(page, "docs/page.md")  # passes: trailing spaces do not count
+    page.write_text("```python\nprint(1 + 1)\n```\n\n```text output\n3\n```\n")
+    with pytest.raises(pytest.fail.Exception) as e:
+        run_page(page, "docs/page.md")
+    assert "the output block at line 5 is not what the python block at line 1 printed" in str(e.value)
+    assert "-3\n+2" in str(e.value)
