@@ -76,3 +76,16 @@ def test_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ScratchLMError, match="not a valid tokenizer"):
         Tokenizer.load(tmp_path)
+
+
+CHAR_TOK = train_tokenizer(kind="char", texts=TRAIN_TEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.one_of(st.characters(blacklist_categories=("Cs",)),
+                               st.sampled_from(["T", "o", " ", "我", "<|eos|>", "<|pad|>"])),
+                     max_size=100).map("".join))
+def test_char_fast_path_equals_the_hf_tokenizer(text):
+    """The char tokenizer's table lookup gives exactly HF's ids: seen characters, unseen ones
+    (byte fallback) and special-token strings inside the text."""
+    assert CHAR_TOK.encode(text) == CHAR_TOK.hf.encode(text, add_special_tokens=False).ids
