@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import re
 import subprocess
@@ -73,6 +74,37 @@ class ServerProcess:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+class CpuUse:
+    """CPU time that other processes (trainings, other benchmarks) use while a case runs, in
+    cores: the machine's busy time (/proc/stat) less this process's and the server's. On a
+    shared machine this says how far the numbers are from an idle one. Linux only."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> tuple[float, float, float] | None:
+        """(wall, machine busy, ours) in seconds, or None where /proc cannot say."""
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            busy = sum(fields[i] for i in (0, 1, 2, 5, 6))  # user nice system irq softirq
+            ours = 0
+            for pid in ("self", *map(str, self.pids)):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                rest = stat[stat.rindex(")") + 2 :].split()
+                ours += int(rest[11]) + int(rest[12])  # utime stime, every thread
+        except (OSError, ValueError, IndexError):
+            return None
+        return time.perf_counter(), busy / self.tick, ours / self.tick
+
+    @staticmethod
+    def others(a, b) -> float | None:
+        """Cores the other processes used between two samples."""
+        if a is None or b is None or b[0] <= a[0]:
+            return None
+        return max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0])
 
 
 def health(url: str) -> dict:
@@ -249,11 +281,21 @@ def row(name: str, r: dict) -> list[str]:
     return [name, f"{r['requests']}", f"{r['rps']:.2f}", f"{r['tps']:,.0f}",
             " / ".join(ms(r["ttft"][q]) for q in (50, 90, 99)),
             " / ".join(ms(r["latency"][q]) for q in (50, 90, 99)),
-            f"{r['rows_per_step']:.1f}", f"{r['errors']}"]
+            f"{r['rows_per_step']:.1f}", f"{r['errors']}",
+            "n/a" if r.get("others") is None else f"{r['others']:.2f}"]
 
 
 HEADERS = ["case", "requests", "requests/s", "tokens/s", "first token p50 / p90 / p99 (ms)",
-           "latency p50 / p90 / p99 (ms)", "rows per step", "errors"]
+           "latency p50 / p90 / p99 (ms)", "rows per step", "errors",
+           "other processes' CPU (cores)"]
+
+
+def measured(cpu: CpuUse | None, fn, *args, **kwargs) -> dict:
+    """fn's result with "others": the cores other processes used while it ran."""
+    before = cpu.sample() if cpu else None
+    r = fn(*args, **kwargs)
+    r["others"] = CpuUse.others(before, cpu.sample() if cpu else None)
+    return r
 
 
 def write_doc(body: str) -> None:
@@ -298,6 +340,7 @@ def main() -> int:
                                "--threads", str(threads))
         url, model = server.url, MODEL_DIR.name
     info = C.env_info()
+    cpu = CpuUse([server.proc.pid]) if server is not None else None
     if threads:
         info["threads"] = f"{threads} (the server's)"
     try:
@@ -307,26 +350,33 @@ def main() -> int:
         rows, results = [], {}
         for n in args.clients:
             C.banner(f"{n} concurrent client(s) for {seconds:g} s")
-            r = load(url, model, args.api_key, n, seconds, args.max_tokens, seed=n)
+            r = measured(cpu, load, url, model, args.api_key, n, seconds, args.max_tokens, seed=n)
             results[f"N={n}"] = r
             rows.append(row(f"N = {n}", r))
             print("  " + " | ".join(row(f"N = {n}", r)), flush=True)
         C.banner("8 requests one after another, then the same 8 at once")
-        serial = burst(url, model, args.api_key, 8, args.max_tokens, 7, together=False)
-        together = burst(url, model, args.api_key, 8, args.max_tokens, 7, together=True)
+        serial = measured(cpu, burst, url, model, args.api_key, 8, args.max_tokens, 7,
+                          together=False)
+        together = measured(cpu, burst, url, model, args.api_key, 8, args.max_tokens, 7,
+                            together=True)
         rows += [row("8 serial", serial), row("8 at once", together)]
         for name, r in (("8 serial", serial), ("8 at once", together)):
             print(f"  {name}: {r['wall']:.2f} s, {r['tps']:,.0f} tokens/s", flush=True)
     finally:
         if server is not None:
             server.close()
-    alone = {}
+    alone, alone_others = {}, None
     if server is not None:
         C.banner("the engine alone, in this process (no HTTP)")
+        mine = CpuUse([])
+        before = mine.sample()
         for n in (1, 8, 32):
             alone[n] = engine_alone(MODEL_DIR, n, args.max_tokens, threads)
             print(f"  {n} job(s) at once: {alone[n]:,.0f} tokens/s", flush=True)
-    errors = sum(r["errors"] for r in [*results.values(), serial, together])
+        alone_others = CpuUse.others(before, mine.sample())
+    everything = [*results.values(), serial, together]
+    busiest = max((r["others"] for r in everything if r.get("others") is not None), default=None)
+    errors = sum(r["errors"] for r in everything)
     speedup = together["tps"] / serial["tps"] if serial["tps"] else float("nan")
     n8 = results.get("N=8")
     n1 = results.get("N=1")
@@ -347,6 +397,18 @@ def main() -> int:
         lines.append("The engine alone (in one process, no HTTP; jobs submitted together and "
                      "stepped to the end, median of 3): " + ", ".join(
                          f"{n} at once {v:,.0f} tokens/s" for n, v in alone.items()) + ".")
+    if alone_others is not None:
+        lines[-1] += f" Other processes used {alone_others:.2f} cores meanwhile."
+    if busiest is not None:
+        cores = os.cpu_count() or 1
+        lines.append(
+            f"The last column is the CPU time other processes on the machine used during the "
+            f"case (its busy time in /proc/stat less the server's and the clients'), out of "
+            f"{cores} cores. " + (
+                f"The machine was busy (up to {busiest:.2f} of {cores} cores taken by other "
+                f"jobs): these numbers are lower than an idle machine gives, and the cases are "
+                f"not equally affected, so compare them with care."
+                if busiest >= 0.1 else "The machine was otherwise idle."))
     if errors:
         lines.append(f"Errors: {errors} ({'; '.join(k for r in results.values() for k in r['error_kinds'])}).")
     body = "\n".join(lines)

@@ -119,17 +119,19 @@ def test_ctrl_c_stops_the_answer_not_the_chat(terminal, talker_dir):
 def test_a_conversation_with_commands(terminal, talker_dir):
     t = terminal("chat", str(talker_dir), "--max-new-tokens", "30", "--temperature", "0")
     t.expect(PROMPT, 0)
+    # Each line is typed once the prompt is back, as a person would: typed earlier, the
+    # terminal echoes it before readline takes the line, and the transcript interleaves.
     mark = t.type("/system Speak in verse.\r")
-    t.expect(r"\(system prompt set\)", mark)
+    t.expect(r"\(system prompt set\)\r?\n" + PROMPT, mark)
     mark = t.type("/nonsense\r")
-    t.expect("unknown command /nonsense", mark)
+    t.expect(r"unknown command /nonsense[^\n]*\n" + PROMPT, mark)
     mark = t.type("Hello\r")
     reply = t.expect(r"(?s)Hello\r?\n(.+?)\r?\n" + PROMPT, mark, timeout=300).group(1)
     assert len(reply.strip()) > 0 and "[stopped]" not in reply
     mark = t.type("And then?\r")
     t.expect(r"(?s)And then\?\r?\n.+?\r?\n" + PROMPT, mark, timeout=300)
     mark = t.type("/reset\r")
-    t.expect(r"\(conversation cleared\)", mark)
+    t.expect(r"\(conversation cleared\)\r?\n" + PROMPT, mark)
     os.write(t.fd, b"\x04")  # Ctrl-D at an empty prompt quits too
     assert t.exit_code() == 0
 

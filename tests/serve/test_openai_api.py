@@ -287,12 +287,26 @@ def test_oversize_body_is_413(api, client):
 # ----------------------------------------------------------------------------- capacity
 @pytest.fixture(scope="module")
 def one_slot(gpt_dir):
-    server = Server(gpt_dir, "--slots", "1", "--max-waiting", "0")
+    server = Server(gpt_dir, "--slots", "1", "--max-waiting", "1")
     yield server
     server.close()
 
 
+def wait_for(server: Server, **expected) -> dict:
+    """/health once it shows the expected counters."""
+    deadline = time.monotonic() + 30
+    while True:
+        h = server.health()
+        if all(h[k] == v for k, v in expected.items()):
+            return h
+        assert time.monotonic() < deadline, f"/health never showed {expected}: {h}"
+        time.sleep(0.01)
+
+
 def test_full_server_is_503_and_a_disconnect_frees_the_slot(one_slot):
+    """One slot and a waiting line of one: a long stream takes the slot, the next request
+    waits, the one after is refused (503, OpenAI's error shape, Retry-After); the stream's
+    client goes away mid-stream, which frees the slot for the waiting request."""
     url = one_slot.url
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
     long = {"model": "tiny-gpt", "prompt": "a", "max_tokens": 1000, "ignore_eos": True,
@@ -304,21 +318,27 @@ def test_full_server_is_503_and_a_disconnect_frees_the_slot(one_slot):
     r = conn.getresponse()
     assert r.status == 200
     assert r.readline().startswith(b"data: {")  # streaming has begun
-    with pytest.raises(openai.APIStatusError) as e:  # the only slot is taken, no waiting line
-        client.completions.create(model="tiny-gpt", prompt="b", max_tokens=2)
+    waited = {}
+    waiter = threading.Thread(target=lambda: waited.update(r=client.completions.create(
+        model="tiny-gpt", prompt="b", max_tokens=2)))
+    waiter.start()
+    wait_for(one_slot, waiting=1, running_rows=1)
+    with pytest.raises(openai.APIStatusError) as e:  # the slot is taken, the line is full
+        client.completions.create(model="tiny-gpt", prompt="c", max_tokens=2)
     assert e.value.status_code == 503 and e.value.body["code"] == "server_busy"
+    assert set(e.value.body) == {"message", "type", "param", "code"}
     assert e.value.response.headers.get("retry-after") == "1"
+    assert one_slot.health()["rejected"] == 1
     conn.close()  # the client goes away mid-stream
+    waiter.join(60)
+    assert waited["r"].usage.completion_tokens >= 1  # the waiting request got the slot
     h = one_slot.wait_idle()
     assert h["cancelled"] == 1 and h["tokens"] < 1000  # stopped long before max_tokens
     # The same for a request that is not streamed: the server notices within a second.
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     conn.request("POST", "/v1/completions", body=json.dumps(long),
                  headers={"Content-Type": "application/json"})
-    deadline = time.monotonic() + 30
-    while one_slot.health()["running_rows"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(one_slot, running_rows=1)
     conn.close()
     h = one_slot.wait_idle()
     assert h["cancelled"] == 2 and h["tokens"] < 2000
