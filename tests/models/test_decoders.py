@@ -125,3 +125,27 @@ def model_hidden_last(model, x, n):
     finally:
         handle.remove()
     return seen["h"][:, -n:]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_with_a_frozen_head_after_generating(family):
+    """Generating (inference mode) caches output_logits' transposed copy as an inference
+    tensor; a later training step with the head frozen (LoRA) must not use that copy, and
+    its gradients must be those of the plain head."""
+    from scratchlm.generate import GenerationConfig, generate_tokens
+
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (2, 9))
+    list(generate_tokens(model, x, config=GenerationConfig(max_new_tokens=2, temperature=0)))
+    model.lm_head.weight.requires_grad_(False)
+    loss = model(x).logsumexp(-1).mean()  # 18 rows: few enough for the decoding path
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    model.lm_head.__dict__.pop("_decode_weight_t", None)
+    with torch.no_grad():
+        plain = model(x)
+    torch.testing.assert_close(model(x).detach(), plain)
+    model(x).logsumexp(-1).mean().backward()
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad], strict=True):
+        torch.testing.assert_close(g, p.grad)

@@ -118,7 +118,10 @@ def output_logits(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     """
     w = head.weight
     rows = h.numel() // h.shape[-1]
-    if h.device.type != "cpu" or rows > _DECODE_ROWS or (torch.is_grad_enabled() and w.requires_grad):
+    # Only without autograd: a frozen head (LoRA) still passes gradients to h, and a copy made
+    # under inference_mode (while generating) cannot take part in a backward pass.
+    needs_grad = torch.is_grad_enabled() and (w.requires_grad or h.requires_grad)
+    if h.device.type != "cpu" or rows > _DECODE_ROWS or needs_grad:
         return head(h)
     if w.is_inference():  # no version counter to tell an in-place update: no cached copy
         return head(h)
