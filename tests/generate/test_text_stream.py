@@ -123,3 +123,16 @@ def test_sentencepiece_style_decoder_with_byte_fallback():
     assert "".join(pieces) == s.text == whole and not any("\ufffd" in p for p in pieces)
     cut, s = stream(Tok(), ids[:-1])  # ends inside the emoji: a replacement character
     assert "".join(cut) == hf.decode(ids[:-1]) and cut[-1].endswith("\ufffd")
+
+
+def test_a_row_ended_from_outside_still_gets_its_last_bytes(bpe):
+    """`generate` marks a row done when <eos> comes; what finish() returns then is the rest
+    of the text, a character cut short included (as U+FFFD, as the whole decode has it)."""
+    ids = bpe.encode("好🙂")
+    cut = ids[:-1]
+    assert bpe.decode(cut).endswith("\ufffd")
+    s = TextStream(bpe, [])
+    out = "".join(s.push(t) for t in cut)
+    s.done = True  # what generate does on <eos>
+    out += s.finish()
+    assert out == s.text == bpe.decode(cut)

@@ -162,6 +162,7 @@ class TextStream:
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.ids: list[int] = []
         self.done = False
+        self._stopped = False  # a stop string ended the text
         self._prefix = self._read = 0  # token offsets of the decoded window
         self._out: list[str] = []  # text returned so far
         self._pending = ""  # decoded text not returned yet (held back, or cut by a stop)
@@ -191,7 +192,7 @@ class TextStream:
     def finish(self) -> str:
         """The rest of the text (what was held back, a trailing incomplete character as
         U+FFFD); the row is over."""
-        if not self.done:
+        if not self._stopped:  # (`done` may be set from outside: an eos ends the row)
             rest = self._decoded(complete_only=False)
             if rest:
                 self._add(rest)
@@ -217,7 +218,7 @@ class TextStream:
         text = self._pending + new
         cuts = [at for at in (text.find(s) for s in self.stop) if at != -1]
         if cuts:
-            self.done = True
+            self.done = self._stopped = True
             text = text[: min(cuts)]
         self._pending = text
 
