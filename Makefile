@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 RUN ?= runs/demo
 
-.PHONY: demo test test-browser install venv bench clean
+.PHONY: demo test test-browser install venv bench clean recipes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: install
 	$(BIN)/python bench/beam_speed.py
 	$(BIN)/python bench/seq2seq_mt.py --minutes 12
 	$(BIN)/python bench/serve_load.py
+
+# Every recipe of docs/recipes/ end to end on real data (each sized for 2 CPU cores;
+# not part of `make test`); rewrites the result sections of the pages from what the run printed.
+recipes: install
+	$(BIN)/python recipes/run.py all
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

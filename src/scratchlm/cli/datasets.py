@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.action == "list":
         for name, (desc, _) in DATASETS.items():
-            print(f"{name:18s} {desc}")
+            print(f"{name:20s} {desc}")
         print(f"{'':18s} ({MORE})")
         return 0
     used = get_dataset(args.name, out=args.out, cache=args.cache, offline=args.offline)

@@ -7,6 +7,9 @@ so and falls back to the sample shipped inside scratchlm (Romeo and Juliet).
 
 `scratchlm datasets get libreoffice-en-fr --out DIR` (any libreoffice-SRC-TGT) builds
 parallel sentences from the LibreOffice help Debian packages: see `data/libreoffice.py`.
+`fortunes-zh` (Chinese text, `data/fortunes.py`), `chatterbot-en`/`chatterbot-zh` (chat JSONL
+for SFT, `data/chatterbot.py`) and `debian-descriptions` (summarization pairs,
+`data/debian.py`) are the other corpora of the recipes in docs/recipes/.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
+from scratchlm.data.chatterbot import get_chatterbot
+from scratchlm.data.debian import get_debian_descriptions
+from scratchlm.data.fortunes import get_fortunes_zh
 from scratchlm.data.libreoffice import get_libreoffice
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir
@@ -83,6 +90,13 @@ DATASETS: dict[str, tuple[str, Callable[..., str]]] = {
                           lambda out, **kw: get_libreoffice("libreoffice-en-fr", out, **kw)),
     "libreoffice-en-zh": ("English-Chinese LibreOffice help, ~18k pairs (Debian, 5 MB)",
                           lambda out, **kw: get_libreoffice("libreoffice-en-zh", out, **kw)),
+    "fortunes-zh": ("Chinese sayings, Tang and Song poems (Debian fortunes-zh, 2 MB)", get_fortunes_zh),
+    "chatterbot-en": ("English chat for SFT, ~2,000 conversations (PyPI chatterbot-corpus)",
+                      partial(get_chatterbot, lang="en")),
+    "chatterbot-zh": ("Chinese chat for SFT, ~500 conversations (PyPI chatterbot-corpus)",
+                      partial(get_chatterbot, lang="zh")),
+    "debian-descriptions": ("package description -> synopsis pairs for summarization (Debian apt lists)",
+                            get_debian_descriptions),
 }
 MORE = "libreoffice-SRC-TGT for other languages, e.g. libreoffice-de-en, libreoffice-en-zh-tw"
 

