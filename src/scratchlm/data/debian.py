@@ -27,9 +27,8 @@ import lzma
 import subprocess
 from pathlib import Path
 
-from scratchlm.data.libreoffice import clean, split_pairs, write_tsv
+from scratchlm.data.libreoffice import clean, split_pairs, write_pairs_dataset
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, write_json
 
 NAME = "debian-descriptions"
 MIN_WORDS = 30
@@ -145,10 +144,4 @@ def get_debian_descriptions(out: Path, *, cache: Path, offline: bool = False) ->
                   f"description (first package by name); split: distinct descriptions in "
                   f"sha256 order, first {TEST_SIZE} test, next {VALID_SIZE} valid, rest train"),
     }
-    with atomic_dir(out) as tmp:
-        for split, rows in splits.items():
-            write_tsv(tmp / f"{split}.tsv", rows)
-        write_json(tmp / "meta.json", meta)
-    c = meta["counts"]
-    return (f"{len(files)} Translation-en files, {len(records):,} descriptions: {sum(c.values()):,} pairs "
-            f"({c['train']:,} train, {c['valid']:,} valid, {c['test']:,} test)")
+    return f"{len(files)} Translation-en files, {len(records):,} descriptions: {write_pairs_dataset(out, splits, meta)}"

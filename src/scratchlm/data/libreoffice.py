@@ -316,10 +316,15 @@ def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False)
             f"first {TEST_SIZE} test, next {VALID_SIZE} valid, rest train"
         ),
     }
+    return f"{', '.join(f'{k} {v}' for k, v in versions.items())}: {write_pairs_dataset(out, splits, meta)}"
+
+
+def write_pairs_dataset(out: Path, splits: dict[str, list[Pair]], meta: dict) -> str:
+    """OUT/{train,valid,test}.tsv and meta.json, all or nothing; returns the counts in words."""
     with atomic_dir(out) as tmp:
-        for split, split_pairs_ in splits.items():
-            write_tsv(tmp / f"{split}.tsv", split_pairs_)
+        for split, rows in splits.items():
+            write_tsv(tmp / f"{split}.tsv", rows)
         write_json(tmp / "meta.json", meta)
     c = meta["counts"]
-    return (f"{', '.join(f'{k} {v}' for k, v in versions.items())}: {sum(c.values()):,} pairs "
-            f"({c['train']:,} train, {c['valid']:,} valid, {c['test']:,} test)")
+    return (f"{sum(c.values()):,} pairs ({c['train']:,} train, {c['valid']:,} valid, "
+            f"{c['test']:,} test)")
