@@ -1,4 +1,5 @@
-"""Continuous batching: many generation requests decoded together on one engine thread, over
+"""Step-level batching with lockstep positions: many generation requests decoded together on
+one engine thread (rows join and leave between steps, where the cache allows it), over
 the one decoder protocol (`init_cache`, `model(tokens, cache=...)`, `cache.reorder(index)`),
 with the one sampler (`decode.next_token`) and the one text streamer (`decode.TextStream`).
 
