@@ -177,3 +177,36 @@ def test_tools_lead_sentence_and_prompt():
     assert lead_sentence("no end") == "no end"
     prompt = summary_prompt(" ".join(f"w{i}" for i in range(150)))
     assert "w99 ..." in prompt and "w100" not in prompt and prompt.endswith("Summary:")
+
+
+def test_tools_rouge_lm_and_answers_on_a_tiny_model(tmp_path, capsys):
+    from recipes import tools
+    from scratchlm.modeldir import save_model_dir
+    from scratchlm.tokenizers import train_tokenizer
+    from tests.conftest import tiny_model
+
+    tok = train_tokenizer(kind="char", texts=["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.:?\n"])
+    save_model_dir(tmp_path / "m", tiny_model("llama", vocab_size=tok.vocab_size, block_size=512), tok)
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "test.tsv").write_text("A tool. It does things.\ta tool\nB lib. More.\tb lib\nC.\tc\n")
+    argv = ["rouge-lm", str(tmp_path / "m"), "--data", str(data), "--max-sentences", "2",
+            "--max-new-tokens", "4", "--show", "1", "--hyps-out", str(tmp_path / "hyps.txt")]
+    assert tools.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 pairs (test, greedy)\n") and "ROUGE-L = " in out
+    assert json.loads(out.splitlines()[-1])["reference"] == "a tool"
+    assert len((tmp_path / "hyps.txt").read_text().splitlines()) == 2
+    assert tools.main(["lead", str(data)]) == 0
+    assert "3 pairs (test, lead sentence)\nROUGE-1 = 100.00" in capsys.readouterr().out  # "A tool." ~ "a tool"
+    chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}
+             for q in ("Hi?", "hi?", "Who?", "Why?")]
+    (data / "test.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    m = str(tmp_path / "m")
+    assert tools.main(["answers", m, m, "--data", str(data / "test.jsonl"), "--n", "2",
+                       "--max-new-tokens", "3"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["question"] for r in rows] == ["Hi?", "Who?"]  # distinct questions, case-folded
+    assert all(r["before"] == r["after"] for r in rows)  # the same model twice
+    assert tools.main(["lead", str(tmp_path / "nowhere")]) == 1
+    assert "datasets get debian-descriptions" in capsys.readouterr().err
