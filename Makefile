@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/decode_speed.py
 	$(BIN)/python bench/quality_char.py
+	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/beam_speed.py
 	$(BIN)/python bench/seq2seq_mt.py --minutes 12
 	$(BIN)/python bench/serve_load.py
