@@ -105,7 +105,11 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast); auto: bf16 on CUDA, else fp32
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (on CPU it needs a C++ compiler)
+    # Several processes (torchrun): auto (none on one process, ddp on several) | none | ddp |
+    # fsdp; batch_size is per process (global batch = batch_size x grad_accum x processes).
+    strategy: str = "auto"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     # Model selection and early stopping: which validation number picks best/ (val_loss is
     # lower-is-better; val_bleu and val_chrf, computed by seq2seq runs, higher-is-better),
     # and how many evaluations without improvement end the run (0: never stop early).
@@ -141,6 +145,8 @@ class TrainConfig:
                 raise ScratchLMError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.teacher_forcing_schedule not in ("linear", "inverse_sigmoid"):
             raise ScratchLMError("train.teacher_forcing_schedule must be linear or inverse_sigmoid")
+        if self.strategy not in ("auto", "none", "ddp", "fsdp"):
+            raise ScratchLMError(f"train.strategy must be auto, none, ddp or fsdp, got {self.strategy!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ScratchLMError(
                 f"train.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"

@@ -12,6 +12,10 @@ A LoRA run's last/, best/ and final/ hold only the adapter, in PEFT's format
 (adapter_config.json + adapter_model.safetensors) with the tokenizer: `scratchlm generate
 RUN/final --chat ...` loads it on its base model, `scratchlm merge-lora RUN --out DIR` writes
 a merged model directory. A full run's are model directories.
+
+Under torchrun (`torchrun --nproc_per_node N -m scratchlm finetune ... --train.strategy
+ddp|fsdp`) every rank reads the (small) SFT file, draws the same global batch of
+train.batch_size x N rows and trains on its own N-th of them; see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.eval.plot import plot_run
 from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
+from scratchlm.train import distributed
 from scratchlm.train.finetune import FAMILIES, adapter_io, prepare_model, sft_loss
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
@@ -87,6 +92,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and args.overwrite:
         raise ScratchLMError("--resume and --overwrite contradict each other; pick one")
     cfg = _run_config(args, extra, out)
+    return distributed.run(cfg.train.strategy, cfg.train.device, lambda d: _run(args, cfg, out, d))
+
+
+def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
+    say = print if d.is_main else (lambda *a, **k: None)
     ft = cfg.finetune
     if not ft.data:
         raise ScratchLMError("no data: pass --data FILE (Alpaca, chat or prompt/completion JSONL)")
@@ -105,41 +115,47 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     read = {"tokenizer": tokenizer, "fmt": ft.format, "template": template, "max_len": max_len,
             "truncation": ft.truncation, "bad_lines": ft.bad_lines}
     examples, report = load_examples(ft.data, **read)
-    print(f"data: {ft.data}: {report.summary()}")
+    say(f"data: {ft.data}: {report.summary()}")
     if ft.val_data:
         val, val_report = load_examples(ft.val_data, **read)
-        print(f"validation: {ft.val_data}: {val_report.summary()}")
+        say(f"validation: {ft.val_data}: {val_report.summary()}")
         train = examples
     else:
         train, val = split_examples(examples, val_fraction=ft.val_fraction, seed=cfg.train.seed)
-        print(f"validation: {len(val)} of those examples held out (finetune.val_fraction)")
+        say(f"validation: {len(val)} of those examples held out (finetune.val_fraction)")
     common = {"block_size": max_len, "pad_id": tokenizer.pad_id, "packing": ft.packing,
               "group_by_length": ft.group_by_length}
-    splits = {"train": SFTData(train, batch_size=cfg.train.batch_size, **common),
-              "val": SFTData(val, batch_size=cfg.train.batch_size, **common)}
-    if args.overwrite:
+    # The global batch (train.batch_size per process); each rank keeps its own rows of it.
+    global_batch = cfg.train.batch_size * d.world
+    splits = {"train": SFTData(train, batch_size=global_batch, **common),
+              "val": SFTData(val, batch_size=global_batch, **common)}
+    if args.overwrite and d.is_main:
         clear_run_dir(out)
+    d.barrier()  # no rank looks at --out before it is cleared
     m = cfg.model
     how = (f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g}{' (rsLoRA)' if cfg.lora.rslora else ''} "
            f"on {len(names)} layers" if names else "full fine-tuning")
-    print(f"model: {args.model_dir} ({m.family}, {m.n_layer} layers, d_model {m.d_model}); {how}")
-    print(trainable_summary(model))
+    say(f"model: {args.model_dir} ({m.family}, {m.n_layer} layers, d_model {m.d_model}); {how}")
+    say(trainable_summary(model))
     if ft.packing:
-        print(f"packing: {len(train)} examples in {len(splits['train'].rows)} rows of up to "
-              f"{max_len} tokens")
+        say(f"packing: {len(train)} examples in {len(splits['train'].rows)} rows of up to "
+            f"{max_len} tokens")
     io = adapter_io(ft.base) if ft.method == "lora" else {}
     trainer = Trainer(model=model, config=cfg, tokenizer=tokenizer, out_dir=out,
-                      batches=lambda split, rng: splits[split].batch(rng), loss_fn=sft_loss, **io)
+                      batches=lambda split, rng: distributed.shard_batch(splits[split].batch(rng), d),
+                      loss_fn=sft_loss, dist=d, **io)
     if not args.resume:  # the same fixed validation batches as every later evaluation
-        print(f"val loss before fine-tuning: {trainer.evaluate():.4f}")
+        say(f"val loss before fine-tuning: {trainer.evaluate():.4f}")
     summary = trainer.fit(resume=args.resume)
+    if not d.is_main:
+        return 0
     png = plot_run(out)
-    print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
-          f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    say(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
+        f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
     if ft.method == "lora":
-        print(f"adapter (PEFT format): {out / 'final'}; loss curve: {png}")
-        print(f"merge with:  scratchlm merge-lora {out} --out MERGED_DIR")
+        say(f"adapter (PEFT format): {out / 'final'}; loss curve: {png}")
+        say(f"merge with:  scratchlm merge-lora {out} --out MERGED_DIR")
     else:
-        print(f"model directory: {out / 'final'}; loss curve: {png}")
-    print(f"chat with:  scratchlm generate {out / 'final'} --chat --prompt \"...\"")
+        say(f"model directory: {out / 'final'}; loss curve: {png}")
+    say(f"chat with:  scratchlm generate {out / 'final'} --chat --prompt \"...\"")
     return 0

@@ -3,6 +3,10 @@
 
 Overrides are dotted keys, e.g. `--model.n_layer 6 --train.lr 3e-4 --model.family gpt`.
 With --resume and no --config, the run's own config.yaml is the starting point.
+
+On several processes or GPUs, launch the same command under torchrun (docs/scaling.md):
+`torchrun --standalone --nproc_per_node 4 -m scratchlm train ... --train.strategy ddp|fsdp`;
+train.batch_size is then per process, and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.eval.plot import plot_run
 from scratchlm.eval.translation import validator
 from scratchlm.registry import build_model, is_encoder_decoder
+from scratchlm.train import distributed
 from scratchlm.train.seq2seq import Seq2SeqLoss
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
@@ -37,17 +42,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
-    config_path = args.config
     if args.resume and args.overwrite:
         raise ScratchLMError("--resume and --overwrite contradict each other; pick one")
+    config_path = args.config
     if args.resume and not config_path and (out / "config.yaml").is_file():
         config_path = out / "config.yaml"
     cfg = load_run_config(config_path, overrides=extra)
+    return distributed.run(cfg.train.strategy, cfg.train.device, lambda d: _run(args, cfg, out, d))
+
+
+def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
+    say = print if d.is_main else (lambda *a, **k: None)
     if args.data:
         cfg.data.dir = args.data
     if not cfg.data.dir:
         raise ScratchLMError("no data: pass --data DATA_DIR (from `scratchlm prepare`)")
     if is_pairs_dir(cfg.data.dir):
+        if d.enabled:
+            raise ScratchLMError("seq2seq (parallel pairs) training runs on one process for now; "
+                                 "launch it without torchrun")
         data, trainer_kwargs = _seq2seq_setup(cfg)
     else:
         if is_encoder_decoder(cfg.model):
@@ -67,8 +80,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         )
     if not trainer_kwargs:
         data.check_block_size(cfg.model.block_size)
-    if args.overwrite:
+    if args.overwrite and d.is_main:
         clear_run_dir(out)
+    d.barrier()  # no rank looks at --out before it is cleared
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     m = cfg.model
@@ -79,15 +93,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         size = f"{data.num_pairs('train'):,} train pairs"
     else:
         size = f"{len(data.splits['train']):,} train tokens"
-    print(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters ({shape}, "
+    say(f"model: {m.family}, {model.num_params() / 1e6:.2f}M parameters ({shape}, "
           f"context {m.block_size}); data: {data.dir} ({size})")
     if not trainer_kwargs:
         block = m.block_size
         trainer_kwargs["batches"] = lambda split, rng: data.batch(
-            split, batch_size=cfg.train.batch_size, block_size=block, rng=rng)
-    trainer = Trainer(model=model, config=cfg, tokenizer=data.tokenizer(), out_dir=out,
+            split, batch_size=cfg.train.batch_size, block_size=block, rng=rng,
+            rank=d.rank, world=d.world)
+    trainer = Trainer(model=model, config=cfg, tokenizer=data.tokenizer(), out_dir=out, dist=d,
                       **trainer_kwargs)
     summary = trainer.fit(resume=args.resume)
+    if not d.is_main:
+        return 0
     png = plot_run(out)
     print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
           f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")

@@ -186,11 +186,18 @@ class TokenData:
                 )
 
     def batch(
-        self, split: str, *, batch_size: int, block_size: int, rng: np.random.Generator
+        self, split: str, *, batch_size: int, block_size: int, rng: np.random.Generator,
+        rank: int = 0, world: int = 1,
     ) -> dict[str, torch.Tensor]:
-        """Random windows: input_ids (B, T) and labels (B, T), the inputs shifted by one."""
+        """Random windows: input_ids (B, T) and labels (B, T), the inputs shifted by one.
+
+        On `world` processes, the start positions of a global batch of world x batch_size
+        windows are drawn from `rng` (the same on every rank) and rank `rank` reads only its
+        own batch_size of them: the union over ranks is the batch one process with
+        batch_size x world would draw, and no rank touches the rest of the file."""
         arr = self.splits[split]
-        starts = rng.integers(0, len(arr) - block_size, size=batch_size)
+        starts = rng.integers(0, len(arr) - block_size, size=batch_size * world)
+        starts = starts[rank * batch_size : (rank + 1) * batch_size]
         win = np.stack([arr[s : s + block_size + 1] for s in starts]).astype(np.int64)  # (B, T+1)
         t = torch.from_numpy(win)
         return {"input_ids": t[:, :-1], "labels": t[:, 1:]}

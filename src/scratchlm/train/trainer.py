@@ -17,6 +17,12 @@ model directory (modeldir.write_model_files); a LoRA run keeps only its adapter
 Resume is exact: batches are a function of (seed, step, micro-step), and the optimizer,
 step and RNG states are restored, so on CPU a resumed run ends bit-identical to an
 uninterrupted one.
+
+Under torchrun the same loop runs on every rank (scratchlm.train.distributed): the model is
+wrapped by DDP or sharded by FSDP2, losses and token counts are averaged / summed over ranks,
+and only rank 0 writes files or prints. A checkpoint does not depend on the number of
+processes that wrote it: it resumes on any number whose per-process batch x processes is
+the same global batch.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ from scratchlm.fileio import atomic_dir, atomic_file
 from scratchlm.interop import hf
 from scratchlm.modeldir import load_state, write_model_files
 from scratchlm.tokenizers import Tokenizer
+from scratchlm.train import distributed
 from scratchlm.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.distributed import Dist
 from scratchlm.train.optim import lr_at, make_optimizer
 
 Batch = dict[str, torch.Tensor]
@@ -55,7 +63,9 @@ ModelReader = Callable[[Path, torch.nn.Module], None]
 
 # Train keys that may change on --resume without changing the result of the steps already run.
 RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
-                        "device", "compile", "patience", "val_translate", "val_beam"}
+                        "device", "compile", "patience", "val_translate", "val_beam", "strategy",
+                        "activation_checkpointing"}
+# batch_size may change too when processes change, as long as the global batch does not.
 EVAL_STREAM = 0x5EED_E7A1  # a separate seed stream for the fixed validation batches
 
 
@@ -106,6 +116,7 @@ class Trainer:
         show_progress: bool | None = None,
         write_model: ModelWriter = write_model_files,
         read_model: ModelReader = read_model_files,
+        dist: Dist | None = None,
     ) -> None:
         self.config = config
         self.cfg = config.train
@@ -117,11 +128,29 @@ class Trainer:
         self.show_progress = show_progress
         self.write_model = write_model
         self.read_model = read_model
-        self.device = resolve_device(self.cfg.device)
+        self.dist = dist or Dist()
+        if self.dist.enabled and validate is not None:
+            raise ScratchLMError("validation by translation (BLEU/chrF) runs on one process; "
+                                 "train seq2seq models without torchrun")
+        self.device = resolve_device(distributed.device_of(self.dist, self.cfg.device))
         self.amp_dtype = autocast_dtype(self.cfg.dtype, self.device)
+        # Under FSDP a weightless copy for writing full weights (taken while still on the CPU).
+        self.exporter = distributed.Exporter(model, self.dist)
         self.model = model.to(self.device)
-        self.forward_model = torch.compile(model) if self.cfg.compile else model
+        if self.cfg.activation_checkpointing:
+            from scratchlm.train.finetune import FAMILIES, enable_gradient_checkpointing
+
+            if getattr(model.config, "family", None) not in FAMILIES:
+                raise ScratchLMError(f"train.activation_checkpointing supports the "
+                                     f"{', '.join(FAMILIES)} families")
+            enable_gradient_checkpointing(model)
+        self.wrapped = distributed.wrap(model, self.dist, self.device)  # DDP / FSDP's module
+        self.forward_model = self.wrapped
+        if self.cfg.compile:
+            distributed.check_compile(self.device)
+            self.forward_model = torch.compile(self.wrapped)
         self.optimizer = make_optimizer(model, self.cfg, device_type=self.device.type)
+        self.peak_flops = distributed.peak_flops(self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best_val = math.inf  # lowest validation loss
@@ -135,18 +164,21 @@ class Trainer:
         if resume:
             if not (self.out / "last").is_dir():
                 raise ScratchLMError(f"{self.out} has no checkpoint (last/) to resume from")
-            self._check_compatible(cfg_path)
-            self._load_checkpoint(self.out / "last")
+            state = load_trainer_state(self.out / "last")
+            self._check_compatible(cfg_path, state)
+            self._load_checkpoint(self.out / "last", state)
         elif (self.out / "last").exists() or (self.out / "metrics.jsonl").exists():
             raise ScratchLMError(
                 f"{self.out} already holds a run; pass --resume to continue it, --overwrite to "
                 "start over, or choose another --out"
             )
-        self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_file(cfg_path) as f:
-            yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+        self.dist.barrier()  # every rank has checked before rank 0 writes
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(cfg_path) as f:
+                yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
 
-    def _check_compatible(self, cfg_path: Path) -> None:
+    def _check_compatible(self, cfg_path: Path, state: dict[str, Any]) -> None:
         if not cfg_path.is_file():
             raise ScratchLMError(f"{cfg_path} is missing; cannot check the run can be resumed")
         old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
@@ -156,7 +188,7 @@ class Trainer:
         for section in [s for s in {**old, **new} if s != "data"]:
             before, after = old.get(section) or {}, new.get(section) or {}
             for k in sorted(set(before) | set(after)):
-                if section == "train" and k in RESUMABLE_TRAIN_KEYS:
+                if section == "train" and (k in RESUMABLE_TRAIN_KEYS or k == "batch_size"):
                     continue
                 if before.get(k) != after.get(k):
                     diffs.append(f"{section}.{k}")
@@ -165,14 +197,31 @@ class Trainer:
                 f"cannot resume {self.out}: the config differs from the run's in {', '.join(diffs)} "
                 f"(only {', '.join(sorted(RESUMABLE_TRAIN_KEYS))} may change)"
             )
+        # The samples of a step depend on the global batch, not on how it is split.
+        old_b = int(state.get("batch_size", (old.get("train") or {}).get("batch_size", 0)))
+        old_w = int(state.get("world_size", 1))
+        b, w = self.cfg.batch_size, self.dist.world
+        if old_b * old_w != b * w:
+            hint = (f"; on {w} process(es) pass --train.batch_size {old_b * old_w // w}"
+                    if (old_b * old_w) % w == 0 else "")
+            raise ScratchLMError(
+                f"cannot resume {self.out}: its global batch is {old_b * old_w} sequences "
+                f"(train.batch_size {old_b} x {old_w} process(es)), this run's is {b * w} "
+                f"({b} x {w}){hint}")
 
-    def _load_checkpoint(self, path: Path) -> None:
-        state = load_trainer_state(path)
-        self.read_model(path, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _load_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        self.exporter.load_full(self.read_model, path)
+        optim = state["optimizer"]
+        legacy = any(isinstance(p, int) for g in optim["param_groups"] for p in g["params"])
+        if legacy and self.dist.strategy != "fsdp":
+            self.optimizer.load_state_dict(optim)  # a checkpoint from before names were kept
+        else:
+            self.exporter.load_optimizer_state(self.optimizer, optim)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"])  # rank 0's; other ranks draw their own dropout masks
+        if self.dist.rank:
+            torch.manual_seed(_rank_seed(self.cfg.seed, self.dist.rank, int(state["step"])))
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
         self.best_score = float(state.get("best_score", -self.best_val))
@@ -180,9 +229,19 @@ class Trainer:
         self._truncate_metrics(self.step)
 
     def _save_checkpoint(self) -> None:
+        """Full weights and a name-keyed optimizer state, whatever the strategy: the same
+        checkpoint resumes on any number of processes. Collective under FSDP."""
+        optim = self.exporter.optimizer_state(self.optimizer)
+        with self.exporter.full_model() as full:
+            if full is not None:
+                self._write_checkpoint(full, optim)
+
+    def _write_checkpoint(self, full: torch.nn.Module, optim: dict[str, Any]) -> None:
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim,
+            "world_size": self.dist.world,
+            "batch_size": self.cfg.batch_size,
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best_val": self.best_val,
@@ -191,17 +250,19 @@ class Trainer:
             # The schedule is a pure function of the step (optim.lr_at); kept for readers.
             "lr": lr_at(max(self.step - 1, 0), self.cfg),
         }
-        save_checkpoint(self.out / "last", model=self.model, tokenizer=self.tokenizer, state=state,
+        save_checkpoint(self.out / "last", model=full, tokenizer=self.tokenizer, state=state,
                         write=self.write_model)
 
     def _save_model(self, path: Path) -> None:
         """best/ and final/: what the checkpoint keeps, without the trainer state."""
-        with atomic_dir(path) as tmp:
-            self.write_model(tmp, self.model, self.tokenizer)
+        with self.exporter.full_model() as full:
+            if full is not None:
+                with atomic_dir(path) as tmp:
+                    self.write_model(tmp, full, self.tokenizer)
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.out / "metrics.jsonl"
-        if not path.is_file():
+        if not path.is_file() or not self.dist.is_main:
             return
         keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
                 if ln.strip() and json.loads(ln)["step"] <= step]
@@ -209,8 +270,14 @@ class Trainer:
             f.write("".join(ln + "\n" for ln in keep))
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _say(self, bar, message: str) -> None:
+        if self.dist.is_main:
+            bar.write(message)
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
@@ -230,7 +297,9 @@ class Trainer:
             rng = np.random.default_rng([self.cfg.seed, EVAL_STREAM, i])
             batch = self._to_device(self.batches("val", rng))
             with self._autocast():
-                total += float(self.loss_fn(self.forward_model, batch))
+                loss = self.loss_fn(self.forward_model, batch).float()
+            weight = self.dist.token_weight(batch["labels"])
+            total += float(loss if weight is None else self.dist.mean(loss * weight))
         self.model.train()
         return total / self.cfg.eval_batches
 
@@ -245,7 +314,7 @@ class Trainer:
             self.model.train()
         extra = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in record.items()
                         if k.startswith("val_") and k != "val_loss")
-        bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss "
+        self._say(bar, f"step {self.step}: train loss {record['train_loss']:.4f}, val loss "
                   f"{val_loss:.4f}, val ppl {math.exp(min(val_loss, 50)):.2f}{extra}")
         self.best_val = min(self.best_val, val_loss)
         if cfg.best_metric not in record:
@@ -270,14 +339,19 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             rng = np.random.default_rng([cfg.seed, self.step, micro])
-            batch = self.batches("train", rng)
+            batch = self.batches("train", rng)  # this rank's rows of the global batch
             self.tokens_seen += int((batch["labels"] != -100).sum())  # on the CPU: no sync
             batch = self._to_device(batch)
-            with self._autocast():
-                loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
-            self.scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        value = float(loss_sum)
+            last = micro == cfg.grad_accum - 1
+            weight = self.dist.token_weight(batch["labels"])  # None on one process
+            with distributed.no_grad_sync(self.wrapped, self.dist, sync=last):
+                with self._autocast():
+                    loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
+                    if weight is not None:  # this rank's share of the global batch's tokens
+                        loss = loss * weight
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        value = float(self.dist.mean(loss_sum))  # the same on every rank
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             raise ScratchLMError(
@@ -299,13 +373,20 @@ class Trainer:
         Returns a summary: step, last train loss, best and last validation loss."""
         cfg = self.cfg
         self._prepare_run_dir(resume=resume)
-        if not resume:
-            torch.manual_seed(cfg.seed)  # dropout's RNG; a resumed run restores its own
+        if not resume:  # dropout's RNG; a resumed run restores its own
+            torch.manual_seed(_rank_seed(cfg.seed, self.dist.rank, 0) if self.dist.rank else cfg.seed)
         stop = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
         self.model.train()
+        show = None if self.show_progress is None else self.show_progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
-                   disable=None if self.show_progress is None else not self.show_progress,
+                   disable=True if not self.dist.is_main else (None if show is None else not show),
                    dynamic_ncols=True)
+        w = self.dist.world
+        self._say(bar, f"global batch: {cfg.batch_size} per process x {cfg.grad_accum} grad_accum "
+                       f"x {w} process{'es' if w > 1 else ''} = {cfg.batch_size * cfg.grad_accum * w} "
+                       f"sequences per step ({self.dist.describe()}, {self.device})")
+        flops_per_token = (distributed.train_flops_per_token(self.model, self.config.model.block_size)
+                           if self.peak_flops else 0.0)
         last_loss, val_loss = math.nan, math.nan
         t_log, steps_since = time.perf_counter(), 0
         try:
@@ -316,10 +397,14 @@ class Trainer:
                 record: dict[str, Any] | None = None
                 if (self.step % cfg.log_every == 0 or self.step == stop):
                     dt = time.perf_counter() - t_log
-                    tok_s = self.tokens_seen / max(dt, 1e-9)
+                    tok_s = self.dist.sum_int(self.tokens_seen, self.device) / max(dt, 1e-9)
                     record = {"step": self.step, "train_loss": last_loss,
                               "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1)}
-                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                    postfix = {"loss": f"{last_loss:.4f}", "tok_s": f"{tok_s:,.0f}"}
+                    if flops_per_token:  # model FLOPs utilisation of all the GPUs together
+                        record["mfu"] = round(tok_s * flops_per_token / (self.peak_flops * w), 4)
+                        postfix["mfu"] = f"{record['mfu']:.1%}"
+                    bar.set_postfix(postfix)
                     t_log, steps_since, self.tokens_seen = time.perf_counter(), 0, 0
                 stopping = False
                 if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
@@ -334,7 +419,7 @@ class Trainer:
                 if self.step % cfg.save_every == 0 or self.step == stop or stopping:
                     self._save_checkpoint()
                 if stopping:
-                    bar.write(f"early stop at step {self.step}: {cfg.best_metric} has not improved "
+                    self._say(bar, f"early stop at step {self.step}: {cfg.best_metric} has not improved "
                               f"for {cfg.patience} evaluations (train.patience)")
                     break
         except KeyboardInterrupt:
@@ -347,8 +432,14 @@ class Trainer:
         bar.close()
         if self.step >= cfg.max_steps or (cfg.patience > 0 and self.bad_evals >= cfg.patience):
             self._save_model(self.out / "final")
+        self.dist.barrier()  # the files are written before any rank returns
         return {"step": self.step, "train_loss": last_loss, "val_loss": val_loss,
                 "best_val_loss": self.best_val}
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """Dropout's seed on ranks > 0: each rank its own masks (rank 0 keeps the run's seed)."""
+    return int(np.random.default_rng([seed, rank, step, 0xD0]).integers(2**62))
 
 
 def clear_run_dir(path: str | Path) -> None:
