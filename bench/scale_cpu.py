@@ -2,14 +2,18 @@
 
 Runs the real command line for each row, on the same model, data and global batch:
 
-    1 process:   python -m scratchlm train ...                      (torch threads = 2)
+    1 process:   python -m scratchlm train ...                      (torch threads 2, and 1)
     2 processes: torchrun --standalone --nproc_per_node 2 -m scratchlm train ...
                  --train.strategy ddp | fsdp                        (1 thread each)
 
 tokens/s is the median of the `tokens_per_s` the run logs (metrics.jsonl) after its first
-log line (which includes start-up); peak memory is the largest resident set size (RSS) of
-any process of the run (getrusage of the children, measured in a fresh wrapper process per
-row so rows do not mix). Data: the Shakespeare sample shipped in the package, char-level.
+log line (which includes start-up), then the median over repeats, which alternate between
+the rows (1, ddp, fsdp, 1, ddp, fsdp, ...) so that other jobs on the machine hit each alike.
+Peak memory is each training process's resident-set high-water mark (VmHWM in
+/proc/PID/status, polled while the run lasts; torchrun's own agent process left out).
+Rank 0 also gathers the full weights and optimizer state at the end to write the
+checkpoint, so under FSDP its peak is above the other ranks'. Data: the Shakespeare sample
+shipped in the package, char-level.
 
     .venv/bin/python bench/scale_cpu.py            # writes the table into docs/scaling.md
     .venv/bin/python bench/scale_cpu.py --quick    # fewer steps, no doc update
@@ -20,11 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import _common as C
@@ -38,14 +43,41 @@ MODEL = ["--model.family", "llama", "--model.preset", "16m", "--model.block_size
 GLOBAL_BATCH = 8
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> None:
-    """Run `cmd`; print the peak RSS (MiB) of its largest process as the last line."""
-    rc = subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"rc": rc, "peak_mib": peak_kib / 1024}))
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, VmHWM in KiB, command line) of every process we can read."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = dict(ln.split(":", 1) for ln in (d / "status").read_text().splitlines() if ":" in ln)
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        hwm = int(fields.get("VmHWM", "0 kB").split()[0])
+        out[int(d.name)] = (int(fields["PPid"]), hwm, cmd)
+    return out
 
 
-def run_row(data: Path, out: Path, *, nproc: int, strategy: str, steps: int) -> dict:
+def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[int, list[float]]:
+    """Run `cmd`; return its exit code and the peak RSS (MiB) of each training process."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        table = _proc_table()
+        for pid, (_, hwm, line) in table.items():
+            p, seen = pid, set()
+            while p in table and p not in seen and p != proc.pid:
+                seen.add(p)
+                p = table[p][0]
+            if p == proc.pid and "scratchlm" in line and "torch.distributed.run" not in line:
+                peaks[pid] = max(peaks.get(pid, 0), hwm)
+        time.sleep(0.5)
+    return proc.returncode, sorted((v / 1024 for v in peaks.values()), reverse=True)
+
+
+def run_row(data: Path, out: Path, *, nproc: int, strategy: str, steps: int,
+            threads: int) -> dict:
     common = ["--data", str(data), "--out", str(out), *MODEL,
               "--train.max_steps", str(steps), "--train.log_every", "2",
               "--train.eval_every", str(10 * steps), "--train.save_every", str(10 * steps),
@@ -53,21 +85,18 @@ def run_row(data: Path, out: Path, *, nproc: int, strategy: str, steps: int) -> 
               "--train.batch_size", str(GLOBAL_BATCH // nproc)]
     if nproc == 1:
         cmd = [sys.executable, "-m", "scratchlm", "train", *common]
-        threads = 2
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "scratchlm", "train", *common,
                "--train.strategy", strategy]
-        threads = 1
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-    res = subprocess.run([sys.executable, __file__, "--measure", json.dumps(cmd)], env=env,
-                         capture_output=True, text=True, check=True)
-    info = json.loads(res.stdout.strip().splitlines()[-1])
-    if info["rc"] != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {info['rc']}")
+    shutil.rmtree(out, ignore_errors=True)
+    rc, peaks = peak_rss(cmd, env)
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {rc}")
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r]
-    return {"tok_s": statistics.median(speeds), "peak_mib": info["peak_mib"], "threads": threads}
+    return {"tok_s": statistics.median(speeds), "peaks": peaks}
 
 
 def write_doc(body: str) -> None:
@@ -85,38 +114,43 @@ def write_doc(body: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
-        measure(json.loads(sys.argv[2]), dict(os.environ))
-        return
     quick = C.argv_flag("--quick")
-    steps = 6 if quick else 20
+    steps, repeats = (6, 1) if quick else (12, 2)
     from scratchlm.data.pretrain import prepare
     from scratchlm.data.sources import shakespeare_sample_path
 
     info = C.env_info()
-    rows = []
+    # (processes, strategy, torch threads per process)
+    plan = [(1, "none", 2), (1, "none", 1), (2, "ddp", 1), (2, "fsdp", 1)]
+    results: dict[tuple, list[dict]] = {p: [] for p in plan}
     with tempfile.TemporaryDirectory(prefix="scratchlm-scale-") as tmp:
         t = Path(tmp)
         prepare([shakespeare_sample_path()], out=t / "data", tokenizer="char",
                 val_fraction=0.1, show_progress=False)
-        plan = [(1, "none"), (2, "ddp"), (2, "fsdp")]
-        base = None
-        for nproc, strategy in plan:
-            C.banner(f"{nproc} process(es), strategy {strategy}")
-            r = run_row(t / "data", t / f"run-{nproc}-{strategy}", nproc=nproc,
-                        strategy=strategy, steps=steps)
-            base = base or r["tok_s"]
-            print(f"  {r['tok_s']:,.0f} tokens/s, peak RSS {r['peak_mib']:,.0f} MiB", flush=True)
-            rows.append([f"CPU, {nproc} process{'es' if nproc > 1 else ''}", strategy,
-                         f"{GLOBAL_BATCH // nproc} x {nproc}", str(r["threads"]),
-                         f"{r['tok_s']:,.0f}", f"{r['tok_s'] / base:.2f}x",
-                         f"{r['peak_mib']:,.0f}"])
+        for rep in range(repeats):
+            for nproc, strategy, threads in plan:
+                r = run_row(t / "data", t / "run", nproc=nproc, strategy=strategy, steps=steps,
+                            threads=threads)
+                results[(nproc, strategy, threads)].append(r)
+                peaks = " / ".join(f"{p:,.0f}" for p in r["peaks"])
+                print(f"  repeat {rep + 1}/{repeats}  {nproc} x {strategy:<4s} {threads} thread(s): "
+                      f"{r['tok_s']:,.0f} tokens/s, peak RSS {peaks} MiB", flush=True)
+    rows = []
+    base = statistics.median(r["tok_s"] for r in results[plan[0]])
+    for (nproc, strategy, threads), rs in results.items():
+        tok_s = statistics.median(r["tok_s"] for r in rs)
+        peaks = [max(r["peaks"][i] for r in rs) for i in range(nproc)]
+        rows.append([f"CPU, {nproc} process{'es' if nproc > 1 else ''}", strategy,
+                     f"{GLOBAL_BATCH // nproc} x {nproc}", str(threads), f"{tok_s:,.0f}",
+                     C.spread([r["tok_s"] for r in rs]), f"{tok_s / base:.2f}x",
+                     " / ".join(f"{p:,.0f}" for p in peaks)])
     table = C.md_table(["machine", "strategy", "batch (per process x processes)",
-                        "threads / process", "tokens/s", "vs 1 process",
-                        "peak RSS, largest process (MiB)"], rows)
+                        "threads / process", "tokens/s", "spread", "vs first row",
+                        "peak RSS per process (MiB)"], rows)
     body = (f"{table}\n\nModel: Llama preset 16m (6 layers, 384 wide), context 256, global "
-            f"batch {GLOBAL_BATCH} sequences, fp32, {steps} steps; tokens/s is the median of "
-            f"the logged values after the first. {C.env_lines(info)}")
+            f"batch {GLOBAL_BATCH} sequences, fp32, {steps} steps, {repeats} alternating "
+            f"repeats; tokens/s is the median of the logged values after the first, then over "
+            f"repeats. {C.env_lines(info)}")
     print(body)
     if not quick:
         write_doc(body)

@@ -95,7 +95,9 @@ def test_ddp_matches_one_process(char_data, reference, tmp_path):
 
 
 def test_fsdp_matches_one_process_and_resumes_on_one(char_data, reference, tmp_path):
+    # With activation checkpointing too: recomputing a block in backward changes no number.
     spec = {"data": str(char_data), "strategy": "fsdp", "batch_size": 4,
+            "train": {"activation_checkpointing": True},
             "runs": [{"out": str(tmp_path / "fsdp")},
                      {"out": str(tmp_path / "part"), "until": 4}]}
     r = run_workers(tmp_path, spec)
@@ -108,7 +110,8 @@ def test_fsdp_matches_one_process_and_resumes_on_one(char_data, reference, tmp_p
     assert not (part / "final").exists()
     state = torch.load(part / "last" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 4 and state["world_size"] == 2
-    # ... that resumes on 1 process (global batch 8 = 8 x 1) and continues the same curve.
+    # ... that resumes on 1 process (global batch 8 = 8 x 1) and continues the same curve
+    # (activation checkpointing may change on resume).
     t = make_trainer(char_data, part, batch_size=8)
     t.fit(resume=True)
     assert losses(part) == pytest.approx(ref, rel=RTOL)

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist/worker.py SPEC.json
 
 SPEC: {"data": dir, "strategy": "ddp"|"fsdp", "batch_size": per-rank batch, "runs":
-[{"out": dir, "until": step or null}], "fail": {"rank": r, "call": n} (optional)}. The
+[{"out": dir, "until": step or null}], "fail": {"rank": r, "call": n} (optional), "train":
+{more train.* keys} (optional)}. The
 single-process reference runs in the test itself, through the same `make_trainer`.
 """
 
@@ -25,13 +26,13 @@ TRAIN = {"max_steps": 8, "grad_accum": 2, "lr": 3e-3, "warmup_steps": 2, "eval_e
 
 
 def make_trainer(data_dir, out, *, batch_size: int, d: distributed.Dist | None = None,
-                 fail: dict | None = None, strategy: str = "auto") -> Trainer:
+                 fail: dict | None = None, strategy: str = "auto", **train) -> Trainer:
     d = d or distributed.Dist()
     data = TokenData(data_dir)
     cfg = run_config_from_dict({
         "model": {"family": "llama", "preset": "tiny", "vocab_size": data.vocab_size,
                   "block_size": 32, "dropout": 0.0},
-        "train": {**TRAIN, "batch_size": batch_size, "strategy": strategy},
+        "train": {**TRAIN, "batch_size": batch_size, "strategy": strategy, **train},
     })
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -56,7 +57,8 @@ def main() -> int:
         with distributed.named_errors(d):
             for run in spec["runs"]:
                 t = make_trainer(spec["data"], run["out"], batch_size=spec["batch_size"], d=d,
-                                 fail=spec.get("fail"), strategy=spec["strategy"])
+                                 fail=spec.get("fail"), strategy=spec["strategy"],
+                                 **spec.get("train", {}))
                 t.fit(until_step=run.get("until"))
     except ScratchLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -240,6 +240,17 @@ def no_grad_sync(forward_model: nn.Module, d: Dist, *, sync: bool) -> Iterator[N
             forward_model.set_requires_gradient_sync(True)
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are on the meta device: the structure
+    (LoRA layers, tied weights, config) without copying a single weight."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 class Exporter:
     """Full weights for writing a model directory (on rank 0), and reading them back.
 
@@ -249,7 +260,7 @@ class Exporter:
 
     def __init__(self, model: nn.Module, d: Dist) -> None:
         self.model, self.d = model, d
-        self.shadow = copy.deepcopy(model).to("meta") if d.strategy == "fsdp" else None
+        self.shadow = _meta_copy(model) if d.strategy == "fsdp" else None
 
     def _options(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions

@@ -377,7 +377,7 @@ class Trainer:
             torch.manual_seed(_rank_seed(cfg.seed, self.dist.rank, 0) if self.dist.rank else cfg.seed)
         stop = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
         self.model.train()
-        show = None if self.show_progress is None else self.show_progress
+        show = self.show_progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                    disable=True if not self.dist.is_main else (None if show is None else not show),
                    dynamic_ncols=True)
