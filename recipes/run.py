@@ -140,7 +140,8 @@ def timing_table(recipe: Recipe, timings: dict[str, float], machine: dict | None
     rows.append(f"| **total** | **{fmt_time(sum(timings.values()))}** |")
     if machine:
         loads = machine.get("load", [])
-        rows += ["", f"Machine: {machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')}, "
+        threads = f" ({machine['threads']} torch thread{'s' if machine['threads'] != 1 else ''})" if "threads" in machine else ""
+        rows += ["", f"Machine: {machine.get('cpus', '?')} CPUs{threads}, torch {machine.get('torch', '?')}, "
                      f"Python {machine.get('python', '?')}; 1-minute load average before each step "
                      f"{', '.join(f'{x:.1f}' for x in loads)} (above {machine.get('cpus', '?')} means other "
                      f"jobs shared the cores, and the times are longer than on an idle machine)."]
@@ -214,7 +215,7 @@ def run_recipe(recipe: Recipe, *, logs_root: Path = LOGS) -> None:
     import torch
 
     machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-               "load": []}
+               "threads": torch.get_num_threads(), "load": []}
     for i, step in enumerate(recipe.steps):
         out, err = log_paths(logs, i, step)
         machine["load"].append(round(os.getloadavg()[0], 2))
