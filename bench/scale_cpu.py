@@ -9,10 +9,11 @@ Runs the real command line for each row, on the same model, data and global batc
 tokens/s is the median of the `tokens_per_s` the run logs (metrics.jsonl) after its first
 log line (which includes start-up), then the median over repeats, which alternate between
 the rows (1, ddp, fsdp, 1, ddp, fsdp, ...) so that other jobs on the machine hit each alike.
-Peak memory is each training process's resident-set high-water mark (VmHWM in
-/proc/PID/status, polled while the run lasts; torchrun's own agent process left out).
-Rank 0 also gathers the full weights and optimizer state at the end to write the
-checkpoint, so under FSDP its peak is above the other ranks'. Data: the Shakespeare sample
+Peak memory, two ways: "in training" is the largest rank's RSS high-water mark at the last
+logged step (`peak_mem_mib` in metrics.jsonl), before the final checkpoint; "incl. final
+save" is each training process's VmHWM (/proc/PID/status, polled while the run lasts;
+torchrun's agent left out), which includes gathering full weights and AdamW state to write
+the checkpoint at the end. Data: the Shakespeare sample
 shipped in the package, char-level.
 
     .venv/bin/python bench/scale_cpu.py            # writes the table into docs/scaling.md
@@ -96,7 +97,8 @@ def run_row(data: Path, out: Path, *, nproc: int, strategy: str, steps: int,
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {rc}")
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r]
-    return {"tok_s": statistics.median(speeds), "peaks": peaks}
+    train_peak = max(r["peak_mem_mib"] for r in rows)  # before the final save
+    return {"tok_s": statistics.median(speeds), "peaks": peaks, "train_peak": train_peak}
 
 
 def write_doc(body: str) -> None:
@@ -143,10 +145,12 @@ def main() -> None:
         rows.append([f"CPU, {nproc} process{'es' if nproc > 1 else ''}", strategy,
                      f"{GLOBAL_BATCH // nproc} x {nproc}", str(threads), f"{tok_s:,.0f}",
                      C.spread([r["tok_s"] for r in rs]), f"{tok_s / base:.2f}x",
+                     f"{max(r['train_peak'] for r in rs):,.0f}",
                      " / ".join(f"{p:,.0f}" for p in peaks)])
     table = C.md_table(["machine", "strategy", "batch (per process x processes)",
                         "threads / process", "tokens/s", "spread", "vs first row",
-                        "peak RSS per process (MiB)"], rows)
+                        "peak RSS in training, largest rank (MiB)",
+                        "peak RSS incl. final save, per process (MiB)"], rows)
     body = (f"{table}\n\nModel: Llama preset 16m (6 layers, 384 wide), context 256, global "
             f"batch {GLOBAL_BATCH} sequences, fp32, {steps} steps, {repeats} alternating "
             f"repeats; tokens/s is the median of the logged values after the first, then over "

@@ -98,6 +98,13 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return int(t.item())
 
+    def max_float(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor(value, device=device, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -340,6 +347,16 @@ PEAK_BF16_FLOPS = {
     "GH200": 989e12, "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12,
     "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12,
 }
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """This process's peak memory so far: CUDA memory allocated by tensors on a GPU, else
+    the resident set size's high-water mark (everything: Python, torch, data, tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -5,7 +5,8 @@ no loss is wanted), which parameters have requires_grad, and the loss function; 
 this one. A run directory holds:
 
     config.yaml      the resolved config of the run
-    metrics.jsonl    one JSON line per log step: step, train_loss, val_loss, lr, tokens_per_s
+    metrics.jsonl    one JSON line per log step: step, train_loss, val_loss, lr, tokens_per_s,
+                     peak_mem_mib (largest rank; CUDA tensor memory on a GPU, else peak RSS)
     last/            model directory + trainer_state.pt: what --resume continues from
     best/            model directory with the lowest validation loss so far
     final/           model directory at the end of the run
@@ -398,8 +399,10 @@ class Trainer:
                 if (self.step % cfg.log_every == 0 or self.step == stop):
                     dt = time.perf_counter() - t_log
                     tok_s = self.dist.sum_int(self.tokens_seen, self.device) / max(dt, 1e-9)
+                    peak = self.dist.max_float(distributed.peak_memory_mib(self.device), self.device)
                     record = {"step": self.step, "train_loss": last_loss,
-                              "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1)}
+                              "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1),
+                              "peak_mem_mib": round(peak, 1)}  # the largest of any rank
                     postfix = {"loss": f"{last_loss:.4f}", "tok_s": f"{tok_s:,.0f}"}
                     if flops_per_token:  # model FLOPs utilisation of all the GPUs together
                         record["mfu"] = round(tok_s * flops_per_token / (self.peak_flops * w), 4)
