@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tiny models gain nothing from more threads, and when other processes share the cores
+# (another test's subprocess, a training job) spinning OpenMP threads slow a step many times
+# over: one thread here and in the CLI subprocesses the tests start (they inherit this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from scratchlm.config import run_config_from_dict
-from scratchlm.data.pretrain import prepare
-from scratchlm.data.sources import shakespeare_sample_path
-from scratchlm.registry import build_model
+from scratchlm.config import run_config_from_dict  # noqa: E402
+from scratchlm.data.pretrain import prepare  # noqa: E402
+from scratchlm.data.sources import shakespeare_sample_path  # noqa: E402
+from scratchlm.registry import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
