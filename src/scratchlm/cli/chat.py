@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 
 import torch
@@ -91,6 +92,9 @@ class Chat:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    # Ctrl-C stops an answer. A program started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then leaves it ignored: restore the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
