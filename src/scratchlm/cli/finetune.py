@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.cli.train import report_done
 from scratchlm.config import load_yaml, parse_overrides, run_config_from_dict
 from scratchlm.data.sft import SFTData, chat_template_of, load_examples, split_examples
 from scratchlm.errors import ScratchLMError
-from scratchlm.eval.plot import plot_run
 from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
 from scratchlm.train import distributed
@@ -149,9 +149,7 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
     summary = trainer.fit(resume=args.resume)
     if not d.is_main:
         return 0
-    png = plot_run(out)
-    say(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
-        f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    png = report_done(out, summary, say)
     if ft.method == "lora":
         say(f"adapter (PEFT format): {out / 'final'}; loss curve: {png}")
         say(f"merge with:  scratchlm merge-lora {out} --out MERGED_DIR")

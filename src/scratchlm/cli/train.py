@@ -40,6 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --out first")
 
 
+def report_done(out: Path, summary: dict, say=print) -> Path:
+    """After a run (train or finetune): plot its loss curves and say how it ended."""
+    png = plot_run(out)
+    say(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
+        f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    return png
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
     if args.resume and args.overwrite:
@@ -105,9 +113,7 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
     summary = trainer.fit(resume=args.resume)
     if not d.is_main:
         return 0
-    png = plot_run(out)
-    print(f"done: step {summary['step']}, train loss {summary['train_loss']:.4f}, "
-          f"val loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f})")
+    png = report_done(out, summary)
     print(f"model directory: {out / 'final'}; loss curve: {png}")
     if is_encoder_decoder(cfg.model):
         print(f"translate with:  scratchlm translate {out / 'final'} --src \"...\" --num-beams 5")
