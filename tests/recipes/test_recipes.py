@@ -90,17 +90,22 @@ FAKE = {
         "finetune": _train_out(40, [(20, 1.4527), (40, 1.6010)]),
         "answers": json.dumps({"question": "What makes you sad", "reference": "Nothing | really",
                                "before": "I'm sorry", "after": "FAKE ANSWER"}) + "\n",
+        "score-before": "50 pairs (test.jsonl), greedy\n" + str(chrf(["a b"], ["a c"])) + "\n"
+                        + "\n".join(str(r) for r in rouge(["a b"], ["a c"]).values()) + "\n",
+        "score-after": "50 pairs (test.jsonl), greedy\n" + str(chrf(["a c"], ["a c"])) + "\n"
+                       + "\n".join(str(r) for r in rouge(["a c"], ["a c"]).values()) + "\n",
     },
 }
 
 
 def _fake_summarize():
     hyps, refs = ["a tool for things"], ["a tool"]
-    example = json.dumps({"document": "D " * 200, "reference": "a tool", "summary": "FAKE SUMMARY"})
+    example = json.dumps({"prompt": summary_prompt("FAKE DOCUMENT " * 20), "reference": "a tool",
+                          "output": "FAKE SUMMARY"})
     out = {k: _rouge_out(1000 if "100" not in k else 100, hyps, refs)
-           for k in ("rouge-seq2seq", "rouge-seq2seq-100", "rouge-lead", "rouge-lead-100")}
-    out["rouge-lora-100"] = _rouge_out(100, ["a tool"], refs, example + "\n")
-    return {**out, "train": _train_out(600), "finetune": _train_out(30)}
+           for k in ("rouge-seq2seq", "rouge-seq2seq-100", "rouge-lead", "rouge-lead-100", "rouge-base-100")}
+    out["rouge-lora-100"] = _rouge_out(100, ["a tool"], refs)
+    return {**out, "train": _train_out(600), "finetune": _train_out(30), "examples": example + "\n"}
 
 
 def _fake_mt():
@@ -135,9 +140,11 @@ def test_render_rewrites_only_the_section_from_fake_output(tmp_path, name):
     assert "1.0, 2.5" in section
     expected = {"textgen-en": ["| 400 | 4.123 | 4.500 | 90.0 | 2.100 | 187,100 |", "FAKE SAMPLE ONE", "To be, or not FAKE"],
                 "qa": ["| before fine-tuning | 2.2687 | 9.67 |", "| after 20 steps | 1.4527 | 4.27 |",
+                       "| after 40 LoRA steps (`runs/recipe-qa/best`) | 100.00 | 100.00 | 100.00 |",
                        "| What makes you sad | Nothing \\| really | I'm sorry | FAKE ANSWER |"],
                 "summarize": ["| lead sentence (baseline) | 1,000 | 66.67 | 50.00 | 66.67 |",
                               "+ LoRA (30 steps), greedy | 100 | 100.00 | 100.00 | 100.00 |", "FAKE SUMMARY",
+                              "| FAKE DOCUMENT FAKE DOCUMENT", "no fine-tuning, greedy | 100 | 66.67 |",
                               "2.269 before fine-tuning, 4.400 best"],
                 "mt-en-fr": ["| greedy |", "**FAKE TRANSLATION**", "nrefs:1", "images/attention-en-fr.png",
                              "1,010 pairs of the fixed test split"]}[name]
@@ -179,7 +186,7 @@ def test_tools_lead_sentence_and_prompt():
     assert "w99 ..." in prompt and "w100" not in prompt and prompt.endswith("Summary:")
 
 
-def test_tools_rouge_lm_and_answers_on_a_tiny_model(tmp_path, capsys):
+def test_tools_sft_pairs_lead_and_answers_on_a_tiny_model(tmp_path, capsys):
     from recipes import tools
     from scratchlm.modeldir import save_model_dir
     from scratchlm.tokenizers import train_tokenizer
@@ -190,13 +197,12 @@ def test_tools_rouge_lm_and_answers_on_a_tiny_model(tmp_path, capsys):
     data = tmp_path / "d"
     data.mkdir()
     (data / "test.tsv").write_text("A tool. It does things.\ta tool\nB lib. More.\tb lib\nC.\tc\n")
-    argv = ["rouge-lm", str(tmp_path / "m"), "--data", str(data), "--max-sentences", "2",
-            "--max-new-tokens", "4", "--show", "1", "--hyps-out", str(tmp_path / "hyps.txt")]
-    assert tools.main(argv) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("2 pairs (test, greedy)\n") and "ROUGE-L = " in out
-    assert json.loads(out.splitlines()[-1])["reference"] == "a tool"
-    assert len((tmp_path / "hyps.txt").read_text().splitlines()) == 2
+    for split in ("train", "valid"):
+        (data / f"{split}.tsv").write_text("X is y.\tx\n")
+    assert tools.main(["sft-pairs", str(data), "--out", str(tmp_path / "sft"), "--train", "5"]) == 0
+    assert "1 train, 1 valid and 3 test" in capsys.readouterr().out
+    test = [json.loads(x) for x in (tmp_path / "sft" / "test.jsonl").read_text().splitlines()]
+    assert test[1] == {"prompt": summary_prompt("B lib. More."), "completion": " b lib"}
     assert tools.main(["lead", str(data)]) == 0
     assert "3 pairs (test, lead sentence)\nROUGE-1 = 100.00" in capsys.readouterr().out  # "A tool." ~ "a tool"
     chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}

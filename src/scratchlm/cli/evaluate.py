@@ -8,6 +8,13 @@ translates the sources of PAIRS (a prepared pairs directory, by default its test
 dataset directory; or a .tsv/.jsonl file) and scores them against the references: sacreBLEU
 BLEU and chrF with their signatures, ROUGE-1/2/L (rouge-score), or the references'
 teacher-forced loss and perplexity.
+
+Decoder-only models on prompt -> reference records: `scratchlm evaluate MODEL_DIR --data
+FILE.jsonl --metric rouge` reads an SFT file (prompt/completion, chat or Alpaca records, as
+`scratchlm finetune` does), generates from each prompt (greedy, or --num-beams) and scores the
+outputs against the completions / last assistant turns; `--metric ppl` (the default) gives the
+teacher-forced loss of those spans, as fine-tuning's validation loss counts it. MODEL_DIR may
+be a LoRA adapter directory (its base model is loaded from the adapter's config).
 """
 
 from __future__ import annotations
@@ -21,38 +28,50 @@ import torch
 from scratchlm.data.pairs import PairData, is_pairs_dir, load_splits, read_pairs
 from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
+from scratchlm.eval.completion import completion_loss, read_items, score_completions
 from scratchlm.eval.perplexity import evaluate_lm
 from scratchlm.eval.translation import METRICS, score_pairs
 from scratchlm.fileio import atomic_file
-from scratchlm.modeldir import load
+from scratchlm.generate.beam import BeamConfig
+from scratchlm.generate.decode import GenerationConfig
+from scratchlm.peft import load_with_adapter
 
 HELP = "perplexity (language models) or BLEU/chrF/ROUGE (seq2seq models) on held-out data"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--data", required=True, help="prepared data directory, or a pairs .tsv/.jsonl file")
+    p.add_argument("--data", required=True,
+                   help="prepared data directory; a pairs .tsv/.jsonl file (seq2seq); or an SFT "
+                        ".jsonl/.json file of prompt -> reference records (decoder-only)")
     p.add_argument("--split", default=None,
                    help="split to score (language models: val [default] or train; pairs: test "
                         "[default], valid or train)")
     p.add_argument("--metric", action="append", choices=METRICS,
-                   help="seq2seq metric (repeatable; default: bleu and chrf)")
-    p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beam size (1: greedy)")
-    p.add_argument("--max-sentences", type=int, default=None, help="seq2seq: score only the first N pairs")
+                   help="repeatable; seq2seq default: bleu and chrf; language models: ppl")
+    p.add_argument("--num-beams", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--max-sentences", type=int, default=None, help="score only the first N pairs/records")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="SFT records: tokens generated at most")
+    p.add_argument("--stop", action="append", default=[],
+                   help="SFT records: stop string (repeatable; \\n and \\t are newline and tab)")
     p.add_argument("--lang", default=None, help="target language for BLEU/ROUGE tokenization (e.g. zh)")
-    p.add_argument("--hyps-out", default=None, help="seq2seq: write the translations here")
+    p.add_argument("--hyps-out", default=None,
+                   help="write the outputs here, one a line (.jsonl: with prompt/source and reference)")
     p.add_argument("--max-tokens", type=int, default=None, help="LM: evaluate only this many tokens")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="cpu")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    model, tokenizer = load(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
     if getattr(model, "is_encoder_decoder", False):
         return _seq2seq(args, model, tokenizer)
+    if Path(args.data).suffix in (".jsonl", ".json") and not Path(args.data).is_dir():
+        return _completions(args, model, tokenizer)
     if args.metric and set(args.metric) != {"ppl"}:
-        raise ScratchLMError("BLEU/chrF/ROUGE score translations of a seq2seq model; for a language "
-                             "model use --metric ppl (the default)")
+        raise ScratchLMError("BLEU/chrF/ROUGE score generated text: for a language model pass an SFT "
+                             "file of prompt -> reference records (--data FILE.jsonl); on a text "
+                             "data directory use --metric ppl (the default)")
     if is_pairs_dir(args.data):
         raise ScratchLMError(f"{args.data} holds parallel pairs, but {args.model_dir} is a decoder-only "
                              "language model; evaluate it on a text data directory")
@@ -93,15 +112,52 @@ def _seq2seq(args: argparse.Namespace, model, tokenizer) -> int:
     metrics = args.metric or ["bleu", "chrf"]
     results, hyps = score_pairs(model, tokenizer, pairs, metrics=metrics, beam=args.num_beams,
                                 lang=args.lang or lang)
-    if args.hyps_out and hyps:
-        with atomic_file(args.hyps_out) as f:
-            f.write("".join(h.replace("\n", " ") + "\n" for h in hyps))
+    _write_outputs(args.hyps_out, "source", pairs, hyps)
+    return _report(args, len(pairs), split, results)
+
+
+def _completions(args: argparse.Namespace, model, tokenizer) -> int:
+    if args.split:
+        raise ScratchLMError("--split is for data directories; an SFT file is scored whole "
+                             "(--max-sentences N scores its first N records)")
+    metrics = args.metric or ["ppl"]
+    text_metrics = [m for m in metrics if m != "ppl"]
+    results: dict = {}
+    outputs: list[str] = []
+    items = read_items(args.data, tokenizer=tokenizer, limit=args.max_sentences)
+    if text_metrics:
+        stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
+        config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0, stop=stop)
+        beam = (BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+                if args.num_beams > 1 else None)
+        results, outputs = score_completions(model, tokenizer, items, metrics=text_metrics,
+                                             config=config, beam=beam, lang=args.lang,
+                                             show_progress=True)
+    if "ppl" in metrics:
+        results["ppl"] = completion_loss(model, tokenizer, args.data, limit=args.max_sentences)
+    _write_outputs(args.hyps_out, "prompt", [(it.prompt, it.reference) for it in items], outputs)
+    return _report(args, len(items), Path(args.data).name, results)
+
+
+def _write_outputs(path: str | None, source: str, pairs: list[tuple[str, str]], outputs: list[str]) -> None:
+    """One output a line; as JSON {source|prompt, reference, output} for a .jsonl path."""
+    if not path or not outputs:
+        return
+    with atomic_file(path) as f:
+        if path.endswith(".jsonl"):
+            for (src, ref), out in zip(pairs, outputs, strict=True):
+                f.write(json.dumps({source: src, "reference": ref, "output": out}, ensure_ascii=False) + "\n")
+        else:
+            f.write("".join(h.replace("\n", " ") + "\n" for h in outputs))
+
+
+def _report(args: argparse.Namespace, n: int, what: str, results: dict) -> int:
     if args.json:
         out = {k: (v if isinstance(v, dict) else {"score": v.score, "signature": v.signature})
                for k, v in results.items()}
-        print(json.dumps({"pairs": len(pairs), "split": split, "beam": args.num_beams, **out}))
+        print(json.dumps({"pairs": n, "split": what, "beam": args.num_beams, **out}))
         return 0
-    print(f"{len(pairs)} pairs ({split}), {'beam ' + str(args.num_beams) if args.num_beams > 1 else 'greedy'}")
+    print(f"{n} pairs ({what}), {'beam ' + str(args.num_beams) if args.num_beams > 1 else 'greedy'}")
     for k, v in results.items():
         if isinstance(v, dict):
             print(f"{k}: loss {v['loss']:.4f}  perplexity {v['perplexity']:.3f}  ({v['tokens']:,} target tokens)")

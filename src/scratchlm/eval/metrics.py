@@ -183,3 +183,24 @@ def rouge(
         details = {"precision": 100 * p / n, "recall": 100 * r / n, "fmeasure": 100 * f / n, "segments": n}
         results[t] = MetricResult(_ROUGE_NAMES[t], 100 * f / n, signature, details)
     return results
+
+
+TEXT_METRICS = ("bleu", "chrf", "rouge")
+
+
+def score_texts(
+    hypotheses: list[str], references: list[str], metrics: list[str], *, lang: str | None = None,
+) -> dict[str, MetricResult]:
+    """{"bleu", "chrf", "rouge1", "rouge2", "rougeL"}: the named metrics of the outputs, each
+    with the tokenizer `lang` picks."""
+    out: dict[str, MetricResult] = {}
+    for m in metrics:
+        if m == "bleu":
+            out["bleu"] = bleu(hypotheses, references, lang=lang)
+        elif m == "chrf":
+            out["chrf"] = chrf(hypotheses, references)
+        elif m == "rouge":
+            out.update(rouge(hypotheses, references, lang=lang))
+        else:
+            raise ScratchLMError(f"unknown text metric {m!r} (choose from {', '.join(TEXT_METRICS)})")
+    return out

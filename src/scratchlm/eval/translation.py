@@ -37,15 +37,9 @@ def score_pairs(
     if any(m != "ppl" for m in metrics):
         bcfg = BeamConfig(num_beams=beam, max_new_tokens=10_000) if beam > 1 else None
         hyps = translate(model, tokenizer, sources, beam=bcfg, batch_size=batch_size)
-    for m in metrics:
-        if m == "bleu":
-            out["bleu"] = M.bleu(hyps, refs, lang=lang)
-        elif m == "chrf":
-            out["chrf"] = M.chrf(hyps, refs)
-        elif m == "rouge":
-            out.update(M.rouge(hyps, refs, lang=lang))
-        elif m == "ppl":
-            out["ppl"] = reference_loss(model, tokenizer, pairs, batch_size=batch_size)
+    out.update(M.score_texts(hyps, refs, [m for m in metrics if m != "ppl"], lang=lang))
+    if "ppl" in metrics:
+        out["ppl"] = reference_loss(model, tokenizer, pairs, batch_size=batch_size)
     return out, hyps
 
 
