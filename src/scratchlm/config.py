@@ -106,6 +106,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast); auto: bf16 on CUDA, else fp32
     compile: bool = False  # torch.compile the model (on CPU it needs a C++ compiler)
+    threads: int = 0  # torch CPU threads of each process (0: torch's default, one per core)
     # Several processes (torchrun): auto (none on one process, ddp on several) | none | ddp |
     # fsdp; batch_size is per process (global batch = batch_size x grad_accum x processes).
     strategy: str = "auto"
@@ -136,6 +137,8 @@ class TrainConfig:
             raise ScratchLMError(
                 f"train.best_metric must be val_loss, val_bleu or val_chrf, got {self.best_metric!r}"
             )
+        if self.threads < 0:
+            raise ScratchLMError(f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.patience < 0 or self.val_translate < 0 or self.val_beam < 1:
             raise ScratchLMError("train.patience and train.val_translate must be >= 0, train.val_beam >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:

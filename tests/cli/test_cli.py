@@ -68,7 +68,9 @@ def test_generate_and_evaluate(run):
 
 
 def test_resume_and_plot(run):
-    cli("train", "--out", run / "run", "--resume", "--train.max_steps", "24", "--train.eval_every", "12")
+    out = cli("train", "--out", run / "run", "--resume", "--train.max_steps", "24", "--train.eval_every", "12",
+              "--train.threads", "2")
+    assert "(1 process, cpu, 2 torch threads)" in out.stdout  # the tests' default is 1 thread
     rows = [json.loads(x) for x in (run / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 24
     out = cli("plot", run / "run", "--out", run / "curve.png")
@@ -81,6 +83,8 @@ def test_user_errors_are_one_clean_line(run, tmp_path):
                            "--model.n_layers", "2", check=False), "did you mean model.n_layer")
     assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
                            "--train.lr", "fast", check=False), "train.lr must be a number")
+    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
+                           "--train.threads", "-1", check=False), "train.threads must be >= 0")
     assert_clean_error(cli("train", "--data", run / "data", "--out", run / "run", check=False),
                        "already holds a run")
     assert_clean_error(cli("train", "--out", run / "run", "--resume", "--model.n_layer", "3",

@@ -65,7 +65,7 @@ ModelReader = Callable[[Path, torch.nn.Module], None]
 # Train keys that may change on --resume without changing the result of the steps already run.
 RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
                         "device", "compile", "patience", "val_translate", "val_beam", "strategy",
-                        "activation_checkpointing"}
+                        "activation_checkpointing", "threads"}
 # batch_size may change too when processes change, as long as the global batch does not.
 EVAL_STREAM = 0x5EED_E7A1  # a separate seed stream for the fixed validation batches
 
@@ -133,6 +133,8 @@ class Trainer:
         if self.dist.enabled and validate is not None:
             raise ScratchLMError("validation by translation (BLEU/chrF) runs on one process; "
                                  "train seq2seq models without torchrun")
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
         self.device = resolve_device(distributed.device_of(self.dist, self.cfg.device))
         self.amp_dtype = autocast_dtype(self.cfg.dtype, self.device)
         # Under FSDP a weightless copy for writing full weights (taken while still on the CPU).
@@ -385,7 +387,9 @@ class Trainer:
         w = self.dist.world
         self._say(bar, f"global batch: {cfg.batch_size} per process x {cfg.grad_accum} grad_accum "
                        f"x {w} process{'es' if w > 1 else ''} = {cfg.batch_size * cfg.grad_accum * w} "
-                       f"sequences per step ({self.dist.describe()}, {self.device})")
+                       f"sequences per step ({self.dist.describe()}, {self.device}"
+                       + (f", {torch.get_num_threads()} torch thread{'s' * (torch.get_num_threads() > 1)})"
+                          if self.device.type == "cpu" else ")"))
         flops_per_token = (distributed.train_flops_per_token(self.model, self.config.model.block_size)
                            if self.peak_flops else 0.0)
         last_loss, val_loss = math.nan, math.nan
