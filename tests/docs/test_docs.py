@@ -1,4 +1,5 @@
-"""Every ```python block of every docs/**/*.md page runs, so the docs cannot rot.
+"""Every ```python block of every docs/**/*.md page runs, and every `scratchlm` command in
+its shell blocks parses, so the docs cannot rot.
 
 One test per page: its python blocks run in order in one shared namespace (a page reads top
 to bottom like a notebook), after torch.manual_seed(0), with a temporary directory as the
@@ -201,3 +202,102 @@ def test_output_numbers_are_compared_with_a_tolerance():
     assert not same_output(["loss 1.42, 56 of 64"], ["loss 1.42, 55 of 64"])
     assert not same_output(["shape (2, 5)"], ["shape (2, 6)"])
     assert not same_output(["a 1.0"], ["b 1.0"])
+
+
+# ----------------------------------------------------------------------------- shell blocks
+# ```bash / ```console blocks are commands for a terminal: training for minutes, downloads,
+# servers. They are not run here (the recipes' blocks run with `make recipes`), but every
+# `scratchlm` command in them is parsed as the CLI parses it: the verb exists, every flag
+# exists and takes its value, each --section.key override names a real config key with a
+# value of the right type, and a --config file it names exists in the repository.
+ROOT = DOCS.parent
+SHELL = ("bash", "sh", "shell", "console")
+
+
+def shell_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(line of the command, argv after `scratchlm`) of each scratchlm command in the shell
+    blocks: `$ ` prompts dropped, backslash continuations joined, comments cut; the command
+    may follow `torchrun ... -m` or `python -m`."""
+    import shlex
+
+    out = []
+    for block in fenced_blocks(text):
+        if block.lang not in SHELL:
+            continue
+        lines, start, buf = block.code.splitlines(), None, ""
+        for i, raw in enumerate(lines):
+            line = raw[2:] if raw.startswith("$ ") else raw
+            if block.lang == "console" and not raw.startswith("$ ") and not buf:
+                continue  # console output
+            if start is None:
+                start = block.line + 1 + i
+            buf += line.rstrip("\\") + " "
+            if line.rstrip().endswith("\\"):
+                continue
+            words = shlex.split(buf, comments=True)
+            buf, at = "", start
+            start = None
+            for j, w in enumerate(words):
+                if w == "scratchlm" or (w == "-m" and j + 1 < len(words) and words[j + 1] == "scratchlm"):
+                    k = j + 1 if w == "scratchlm" else j + 2
+                    out.append((at, words[k:]))
+                    break
+    return out
+
+
+def check_command(argv: list[str]) -> str | None:
+    """Why the CLI would reject argv (None: it parses), without running anything."""
+    from scratchlm.cli import _verbs, build_parser
+    from scratchlm.config import load_run_config
+    from scratchlm.errors import ScratchLMError
+
+    verbs = _verbs()
+    if not argv or argv[0] not in verbs:
+        return f"unknown command {argv[:1]}"
+    parser = build_parser(verbs)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            if getattr(verbs[argv[0]], "ACCEPTS_OVERRIDES", False):
+                args, extra = parser.parse_known_args(argv)
+            else:
+                args, extra = parser.parse_args(argv), []
+    except SystemExit as e:
+        return err.getvalue().strip().splitlines()[-1] if e.code else None  # --help, --version: 0
+    config = getattr(args, "config", None)
+    if config and not (ROOT / config).is_file():
+        return f"--config {config} is not a file in the repository"
+    if extra:
+        try:
+            load_run_config(ROOT / config if config else None,
+                            overrides=[x for x in extra if x != "--"])
+        except ScratchLMError as e:
+            return str(e)
+    return None
+
+
+SHELL_PAGES = [p for p in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+               if shell_commands(p.read_text(encoding="utf-8"))]
+
+
+def test_there_are_shell_commands_to_check():
+    assert len(SHELL_PAGES) >= 5 and any(p.parent.name == "recipes" for p in SHELL_PAGES)
+    assert SHELL_PAGES[0].name == "README.md"
+
+
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=[p.relative_to(ROOT).as_posix() for p in SHELL_PAGES])
+def test_shell_commands_parse(page):
+    bad = [f"{page.relative_to(ROOT).as_posix()}:{line}: scratchlm {' '.join(argv)}\n    -> {why}"
+           for line, argv in shell_commands(page.read_text(encoding="utf-8"))
+           if (why := check_command(argv)) is not None]
+    assert not bad, "\n".join(bad)
+
+
+def test_shell_checker_catches_rot():
+    text = ("```bash\n$ scratchlm train --config configs/demo.yaml --out r \\\n    --train.max_step 5  # typo\n"
+            "torchrun --nproc_per_node 2 -m scratchlm evaluate runs/x --data d --nope\n"
+            "scratchlm generate m --prompt 'a b' --greedy\nscratchlm trian\n```\n")
+    cmds = shell_commands(text)
+    assert [(line, argv[0]) for line, argv in cmds] == [(2, "train"), (4, "evaluate"), (5, "generate"), (6, "trian")]
+    why = [check_command(argv) for _, argv in cmds]
+    assert "max_step" in why[0] and "--nope" in why[1] and why[2] is None and "unknown command" in why[3]
