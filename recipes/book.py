@@ -216,6 +216,8 @@ def qa_steps() -> list[Step]:
         S("score-after", f"scratchlm evaluate runs/recipe-qa/best {QA_SCORE}"),
         S("answers", "python recipes/tools.py answers models/smollm2 runs/recipe-qa/best "
                      "--data data/chatterbot-en/test.jsonl --n 6"),
+        S("web-chat", "python recipes/tools.py web-chat runs/recipe-qa/best --question 'Can you breathe' "
+                      "--question 'Why not?' --screenshot docs/recipes/images/qa-web-chat.png"),
     ]
 
 
@@ -248,6 +250,15 @@ def render_qa(outputs: dict[str, str], timings: dict[str, float]) -> str:
               "|---|---|---|---|"]
     lines += [f"| {md_cell(r['question'])} | {md_cell(r['reference'])} | {md_cell(r['before'])} | "
               f"{md_cell(r['after'])} |" for r in rows]
+    chat = [json.loads(x) for x in outputs["web-chat"].splitlines() if x.startswith("{")]
+    if not chat:
+        raise RecipeError("no answers in the output of the web-chat step")
+    lines += ["", "`scratchlm serve runs/recipe-qa/best`, asked in its web chat page (headless Chromium; "
+              "temperature 0, 48 tokens at most), one conversation:", "",
+              "| you | the page shows | the API, same conversation |", "|---|---|---|"]
+    lines += [f"| {md_cell(r['question'])} | {md_cell(r['page'])} | "
+              f"{'the same' if r['api'].strip() == r['page'] else md_cell(r['api'])} |" for r in chat]
+    lines += ["", "![the web chat page](images/qa-web-chat.png)"]
     return "\n".join(lines)
 
 

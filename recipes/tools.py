@@ -9,6 +9,9 @@
         ROUGE of the lead-sentence baseline (the description's first sentence) on the test split
     python recipes/tools.py answers models/smollm2 runs/qa/best --data data/chatterbot-en/test.jsonl --n 6
         greedy chat answers of two models to held-out questions, one JSON object a line
+    python recipes/tools.py web-chat runs/qa/best --question "Can you breathe" --screenshot chat.png
+        `scratchlm serve` the model, ask in its web chat page (headless Chromium), print the
+        answers the page shows and the API's, and save a screenshot of the page
 
 ROUGE is `scratchlm.eval.metrics.rouge` (rouge-score, F-measure x 100, mean over pairs), the
 function `scratchlm evaluate --metric rouge` uses, and the lines are printed the same way.
@@ -135,6 +138,127 @@ def cmd_answers(args: argparse.Namespace) -> int:
     return 0
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+class _Server:
+    """`scratchlm serve MODEL --port 0` in a subprocess, until close()."""
+
+    def __init__(self, model: str, *, timeout: float = 300) -> None:
+        import queue
+        import subprocess
+        import threading
+        import time
+
+        from scratchlm.errors import ScratchLMError
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", model, "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.output.append(line)
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
+                last = (self.output or ["no output"])[-1].strip()
+                raise ScratchLMError(f"scratchlm serve {model} did not start: {last}") from None
+            found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+            if found:
+                self.url = found.group(1)
+                return
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def _api_answer(url: str, model: str, messages: list[dict], max_tokens: int) -> str:
+    import urllib.request
+
+    body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens,
+                       "temperature": 0}).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    from urllib.error import HTTPError
+
+    from scratchlm.errors import ScratchLMError
+
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())["choices"][0]["message"]["content"]
+    except HTTPError as e:
+        raise ScratchLMError(f"the API answered {e.code}: {e.read().decode(errors='replace')}") from None
+
+
+def cmd_web_chat(args: argparse.Namespace) -> int:
+    import os
+
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.fileio import atomic_file
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        raise ScratchLMError(f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}); "
+                             "`make test-browser` installs it with apt-get (chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        raise ScratchLMError("selenium is not installed; pip install -e '.[dev]'") from None
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
+    server = _Server(args.model)
+    driver = None
+    try:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--window-size=1100,900"):
+            options.add_argument(a)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        by_id = lambda name: driver.find_element(By.ID, name)  # noqa: E731
+        wait = WebDriverWait(driver, 600, poll_frequency=0.1)
+        driver.get(server.url + "/")
+        wait.until(lambda d: by_id("status").text == "ready")
+        model_id = by_id("model").text  # the id the page asks for, from /v1/models
+        for name, value in (("temperature", "0"), ("max-tokens", str(args.max_tokens))):
+            by_id(name).clear()
+            by_id(name).send_keys(value)
+        rows = []
+        for i, q in enumerate(args.question):
+            by_id("message").send_keys(q)
+            by_id("send").click()
+            wait.until(lambda d, n=2 * (i + 1): len(d.find_elements(By.CSS_SELECTOR, ".msg")) == n)
+            wait.until(lambda d: by_id("send").is_enabled())
+            page = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[-1].text
+            rows.append({"question": q, "page": page, "status": by_id("status").text})
+        if args.screenshot:
+            png = driver.get_screenshot_as_png()
+            with atomic_file(args.screenshot, mode="wb") as f:
+                f.write(png)
+        history: list[dict] = []
+        for row in rows:  # the same conversation through the API, greedy: the same answers
+            history.append({"role": "user", "content": row["question"]})
+            row["api"] = _api_answer(server.url, model_id, history, args.max_tokens)
+            history.append({"role": "assistant", "content": row["page"]})
+            print(json.dumps(row, ensure_ascii=False))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -156,12 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", required=True)
     s.add_argument("--n", type=int, default=6)
     s.add_argument("--max-new-tokens", type=int, default=48)
+    s = sub.add_parser("web-chat")
+    s.add_argument("model")
+    s.add_argument("--question", action="append", required=True)
+    s.add_argument("--max-tokens", type=int, default=48)
+    s.add_argument("--screenshot")
     args = p.parse_args(argv)
     from scratchlm.errors import ScratchLMError
 
     try:
         return {"smollm2": cmd_smollm2, "sft-pairs": cmd_sft_pairs, "lead": cmd_lead,
-                "answers": cmd_answers}[args.cmd](args)
+                "answers": cmd_answers, "web-chat": cmd_web_chat}[args.cmd](args)
     except ScratchLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

