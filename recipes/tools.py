@@ -200,9 +200,23 @@ def _api_answer(url: str, model: str, messages: list[dict], max_tokens: int) -> 
         raise ScratchLMError(f"the API answered {e.code}: {e.read().decode(errors='replace')}") from None
 
 
-def cmd_web_chat(args: argparse.Namespace) -> int:
+def headless_chromium(width: int, height: int):
+    """A Selenium driver of Debian's headless Chromium (never downloads a browser or driver)."""
     import os
 
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={width},{height}"):
+        options.add_argument(a)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def cmd_web_chat(args: argparse.Namespace) -> int:
     from scratchlm.errors import ScratchLMError
     from scratchlm.fileio import atomic_file
 
@@ -210,22 +224,14 @@ def cmd_web_chat(args: argparse.Namespace) -> int:
         raise ScratchLMError(f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}); "
                              "`make test-browser` installs it with apt-get (chromium chromium-driver)")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
     except ImportError:
         raise ScratchLMError("selenium is not installed; pip install -e '.[dev]'") from None
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
     server = _Server(args.model)
     driver = None
     try:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--window-size=1100,900"):
-            options.add_argument(a)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        driver = headless_chromium(1100, 900)
         by_id = lambda name: driver.find_element(By.ID, name)  # noqa: E731
         wait = WebDriverWait(driver, 600, poll_frequency=0.1)
         driver.get(server.url + "/")

@@ -6,7 +6,6 @@ Skipped, saying so, where Chromium is not installed: `make test-browser` install
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ if not (CHROMIUM.exists() and DRIVER.exists()):
                 allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser test skipped: selenium "
                                 "is not installed (pip install -e '.[dev]')")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -37,13 +35,9 @@ def server(talker_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    from recipes.tools import headless_chromium
+
+    driver = headless_chromium(1200, 900)
     yield driver
     driver.quit()
 
