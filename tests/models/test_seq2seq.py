@@ -214,3 +214,37 @@ def test_learns_to_reverse(name, steps, tmp_path):
         want = test["labels"][r][test["labels"][r] != -100].tolist()  # reversed + eos
         correct += out[r, : len(want)].tolist() == want
     assert correct / 32 >= 0.95, f"{name}: {correct}/32 exact"
+
+
+@pytest.mark.parametrize("name", ["rnn-bahdanau", "transformer"])
+def test_reorder_within_each_source_keeps_the_source_tensors(name, monkeypatch):
+    """Beam search reorders rows among the beams of one source: the per-source tensors (cross
+    K/V, encoder memory, mask) are not copied then, and every row still decodes its source."""
+    from scratchlm.models.cache import SourceRows
+
+    model = build(name).eval()
+    src, mask = padded_sources([6, 3, 5], seed=5)
+    memory = model.encode(src, mask)
+    cache = model.init_cache(batch_size=3, max_len=6, memory=memory)
+    tgt = torch.randint(4, V, (3, 2))
+    _, cache = model(tgt, cache=cache)
+    source = (lambda c: c.cross_k) if name == "transformer" else (lambda c: c.memory)
+    cache.reorder(torch.tensor([0, 0, 1, 1, 2, 2]))  # expand: copied
+    expanded = source(cache)
+    assert expanded.shape[1 if name == "transformer" else 0] == 6
+    cache.reorder(torch.tensor([1, 0, 2, 3, 5, 4]))  # within each source: not copied
+    assert source(cache) is expanded
+    nxt = torch.randint(4, V, (6, 1))
+    got, _ = model(nxt, cache=cache)
+    for r, i in enumerate([0, 0, 1, 1, 2, 2]):
+        full = model(torch.cat([tgt[i : i + 1], nxt[r : r + 1]], 1),
+                     memory=model.encode(src[i : i + 1, : int(mask[i].sum())]))
+        torch.testing.assert_close(got[r, -1], full[0, -1], atol=1e-5, rtol=0)
+    # Beam search gives the same hypotheses as when every reorder copies everything.
+    start = torch.full((3, 1), BOS)
+    cfg = BeamConfig(num_beams=4, max_new_tokens=6)
+    fast = beam_search(model, start, config=cfg, eos_id=EOS, memory=model.encode(src, mask))
+    monkeypatch.setattr(SourceRows, "moved", lambda self, index: True)
+    slow = beam_search(model, start, config=cfg, eos_id=EOS, memory=model.encode(src, mask))
+    assert [[h.tokens for h in row] for row in fast] == [[h.tokens for h in row] for row in slow]
+    assert [[h.score for h in row] for row in fast] == [[h.score for h in row] for row in slow]

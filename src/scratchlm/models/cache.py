@@ -70,6 +70,27 @@ class KVCache:
         return self
 
 
+class SourceRows:
+    """Which source each batch row decodes, so a reorder can skip what depends on the source
+    alone (encoder states, cross-attention keys/values, the source mask).
+
+    Beam search reorders rows at every step, but only among the beams of one source: after
+    the first expansion the source of every row stays the same, and copying the source's
+    tensors would move the same numbers into the same places (for a Transformer
+    encoder-decoder, n_layer x B x K x S x d_model floats, every step)."""
+
+    def __init__(self, batch_size: int, device: torch.device | str) -> None:
+        self.ids = torch.arange(batch_size, device=device)  # (B,) the source of each row
+
+    def moved(self, index: torch.Tensor) -> bool:
+        """Record the reorder `index` (row i <- row index[i]); True if some row now decodes a
+        different source than before (so the per-source tensors must be selected too)."""
+        new = self.ids.index_select(0, index)
+        moved = new.shape != self.ids.shape or not torch.equal(new, self.ids)
+        self.ids = new
+        return moved
+
+
 class RNNState:
     """Hidden state of a stacked RNN: h (and c for an LSTM), each (n_layer, B, H).
 
@@ -110,13 +131,15 @@ class Seq2SeqRNNState(RNNState):
         super().__init__(h=h, c=c)
         self.memory, self.keys, self.mask, self.feed = memory, keys, mask, feed
         self.attention: torch.Tensor | None = None
+        self.sources = SourceRows(mask.shape[0], mask.device)
 
     def reorder(self, index: torch.Tensor) -> Seq2SeqRNNState:
         super().reorder(index)
-        self.memory = self.memory.index_select(0, index)
-        self.mask = self.mask.index_select(0, index)
-        if self.keys is not None:
-            self.keys = self.keys.index_select(0, index)
+        if self.sources.moved(index):  # else every row keeps its source's memory
+            self.memory = self.memory.index_select(0, index)
+            self.mask = self.mask.index_select(0, index)
+            if self.keys is not None:
+                self.keys = self.keys.index_select(0, index)
         if self.feed is not None:
             self.feed = self.feed.index_select(0, index)
         if self.attention is not None:
@@ -138,6 +161,7 @@ class EncoderDecoderCache:
         self, *, self_kv: KVCache, cross_k: torch.Tensor, cross_v: torch.Tensor, mask: torch.Tensor
     ) -> None:
         self.self_kv, self.cross_k, self.cross_v, self.mask = self_kv, cross_k, cross_v, mask
+        self.sources = SourceRows(mask.shape[0], mask.device)
 
     @property
     def length(self) -> int:
@@ -155,9 +179,10 @@ class EncoderDecoderCache:
 
     def reorder(self, index: torch.Tensor) -> EncoderDecoderCache:
         self.self_kv.reorder(index)
-        self.cross_k = self.cross_k.index_select(1, index)
-        self.cross_v = self.cross_v.index_select(1, index)
-        self.mask = self.mask.index_select(0, index)
+        if self.sources.moved(index):  # else every row keeps its source's keys/values
+            self.cross_k = self.cross_k.index_select(1, index)
+            self.cross_v = self.cross_v.index_select(1, index)
+            self.mask = self.mask.index_select(0, index)
         return self
 
 
