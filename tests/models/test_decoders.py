@@ -76,6 +76,30 @@ def test_cache_reorder_selects_rows(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_repeated_reorders_reuse_one_spare_buffer_and_stay_exact(family):
+    """Reorders of one batch size alternate between two buffers, copying only the filled
+    positions; rows of a different count get new buffers. Decoding stays exact throughout.
+    (With autograd on, reorder keeps the graph: test_cache_reorder_selects_rows.)"""
+    model = tiny_model(family).eval()
+    x = torch.randint(0, 97, (3, 4))
+    cache = model.init_cache(batch_size=3, max_len=12)
+    _, cache = model(x, cache=cache)
+    rows = torch.arange(3)
+    buffers = set()
+    for step, index in enumerate([[1, 0, 2], [2, 2, 0], [0, 1, 1], [2, 0, 1], [1, 2]]):
+        index = torch.tensor(index)
+        cache.reorder(index)
+        rows = rows[index]
+        buffers.add(cache.k.data_ptr())
+        nxt = torch.randint(0, 97, (len(index), 1))
+        out, cache = model(nxt, cache=cache)
+        x = torch.cat([x[index], nxt], 1)
+        torch.testing.assert_close(out, model(x)[:, -1:], atol=1e-5, rtol=0, msg=f"step {step}")
+    assert len(buffers) == 3  # two for the four 3-row reorders, a new one for 2 rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_too_long_and_cache_overflow_are_clear_errors(family):
     model = tiny_model(family).eval()
     with pytest.raises(ScratchLMError, match="longer than the context"):

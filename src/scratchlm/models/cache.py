@@ -34,6 +34,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
 
     @property
     def max_len(self) -> int:
@@ -64,9 +65,26 @@ class KVCache:
         self.length += t
 
     def reorder(self, index: torch.Tensor) -> KVCache:
-        """Select batch rows (beam search): row i of the result is row index[i] of this cache."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        """Select batch rows (beam search): row i of the result is row index[i] of this cache.
+
+        Only the filled positions [0, length) are copied, into a second buffer that is kept
+        for the next reorder of the same batch size (beam search reorders every step: copying
+        all max_len positions, or allocating fresh buffers, costs many times more than the
+        positions in use). Positions past `length` hold stale values and are never read."""
+        if self.k.requires_grad or self.v.requires_grad:  # keep the autograd graph (no out=)
+            self.k, self.v, self._spare = self.k.index_select(1, index), self.v.index_select(1, index), None
+            return self
+        n, end = index.shape[0], self.length
+        shape = (self.k.shape[0], n, *self.k.shape[2:])
+        if self._spare is not None and self._spare[0].shape == shape:
+            new_k, new_v = self._spare
+        else:
+            new_k = torch.empty(shape, device=self.k.device, dtype=self.k.dtype)
+            new_v = torch.empty(shape, device=self.v.device, dtype=self.v.dtype)
+        torch.index_select(self.k[:, :, :, :end], 1, index, out=new_k[:, :, :, :end])
+        torch.index_select(self.v[:, :, :, :end], 1, index, out=new_v[:, :, :, :end])
+        self._spare = (self.k, self.v) if self.k.shape == shape else None
+        self.k, self.v = new_k, new_v
         return self
 
 
