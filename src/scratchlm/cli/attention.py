@@ -50,8 +50,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     layer = args.layer if (args.layer is not None or not args.grid) else -1
     path = plot_attention(weights, [label(i) for i in src_ids],
                           [label(i) for i in [*out_tokens, tok.eos_id]], args.out,
-                          title=f"{args.src[:60]} -> {tok.decode(out_tokens)[:60]}",
+                          title=f"{_cut(args.src)} -> {_cut(tok.decode(out_tokens))}",
                           layer=layer, head=args.head, grid=args.grid)
     print(f"translation: {tok.decode(out_tokens)}")
     print(f"wrote {path}")
     return 0
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """Text for a plot title: whole up to `limit` characters, else cut at a word with "..."."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."

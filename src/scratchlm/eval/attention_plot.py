@@ -178,5 +178,8 @@ def _draw(fig, axes, maps: np.ndarray, src_tokens: list[str], tgt_tokens: list[s
         if i + ncols >= n_panels:  # bottom panel of its column
             ax.set_xlabel("source")
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width (about 9 characters per inch of 10-point text)
+        import textwrap
+
+        width = max(40, int(fig.get_figwidth() * 9))
+        fig.suptitle("\n".join(textwrap.wrap(title, width)), fontsize=10)
