@@ -173,3 +173,49 @@ def test_training_with_a_frozen_head_after_generating(family):
     model(x).logsumexp(-1).mean().backward()
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad], strict=True):
         torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_left_padded_rows_compute_what_they_compute_alone(family):
+    """Prompts of different lengths in one left-padded batch: every decoding step's logits
+    are each row's logits alone, through prefill, steps and a reorder."""
+    model = tiny_model(family).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 97, (n,), generator=g) for n in (5, 2, 7)]
+    steps = torch.randint(1, 97, (3, 4), generator=g)  # fed after the prompts
+    T = 7
+    pad = torch.tensor([T - len(p) for p in prompts])
+    ids = torch.stack([torch.cat([torch.zeros(T - len(p), dtype=torch.long), p]) for p in prompts])
+    cache = model.init_cache(batch_size=3, max_len=T + 4)
+    cache.set_left_padding(pad)
+    first, cache = model(ids, cache=cache, logits_to_keep=1)
+    got = [first[:, -1]]
+    order = torch.tensor([2, 0, 1])
+    for i in range(4):
+        if i == 2:  # rows follow their parents, as in beam search
+            cache.reorder(order)
+        rows = order if i >= 2 else torch.arange(3)
+        out, cache = model(steps[rows, i : i + 1], cache=cache)
+        got.append(out[:, -1])
+    for r in range(3):
+        alone = model(torch.cat([prompts[r], steps[r]])[None])[0]  # (len + 4, V)
+        n = len(prompts[r])
+        want = [alone[n - 1 + i] for i in range(5)]
+        for i in range(5):
+            row = r if i <= 2 else int((order == r).nonzero())
+            torch.testing.assert_close(got[i][row], want[i], atol=1e-5, rtol=0, msg=f"row {r} step {i}")
+
+
+def test_generate_batch_equals_one_prompt_at_a_time():
+    from scratchlm.generate import GenerationConfig, generate, generate_batch
+    from scratchlm.tokenizers import train_tokenizer
+
+    tok = train_tokenizer(kind="char", texts=["abcdefghijklmnopqrstuvwxyz .?"])
+    for family in FAMILIES:
+        model = tiny_model(family, vocab_size=tok.vocab_size).eval()
+        prompts = ["the cat sat", "a", "why is the sky so blue?", ""]
+        cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop=["?"])
+        alone = [generate(model, tok, p, cfg)[0] for p in prompts]
+        assert generate_batch(model, tok, prompts, cfg) == alone
+        assert any(alone)

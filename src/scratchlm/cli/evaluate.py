@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-sentences", type=int, default=None, help="score only the first N pairs/records")
     p.add_argument("--max-new-tokens", type=int, default=128, help="SFT records: tokens generated at most")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sources/prompts decoded at once (default: 32 seq2seq sources, 8 prompts)")
     p.add_argument("--stop", action="append", default=[],
                    help="SFT records: stop string (repeatable; \\n and \\t are newline and tab)")
     p.add_argument("--lang", default=None, help="target language for BLEU/ROUGE tokenization (e.g. zh)")
@@ -63,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ScratchLMError("--batch-size must be at least 1")
     model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
     if getattr(model, "is_encoder_decoder", False):
         return _seq2seq(args, model, tokenizer)
@@ -111,7 +115,7 @@ def _seq2seq(args: argparse.Namespace, model, tokenizer) -> int:
         raise ScratchLMError(f"no pairs to score in {args.data} ({split})")
     metrics = args.metric or ["bleu", "chrf"]
     results, hyps = score_pairs(model, tokenizer, pairs, metrics=metrics, beam=args.num_beams,
-                                lang=args.lang or lang)
+                                lang=args.lang or lang, batch_size=args.batch_size or 32)
     _write_outputs(args.hyps_out, "source", pairs, hyps)
     return _report(args, len(pairs), split, results)
 
@@ -132,7 +136,7 @@ def _completions(args: argparse.Namespace, model, tokenizer) -> int:
                 if args.num_beams > 1 else None)
         results, outputs = score_completions(model, tokenizer, items, metrics=text_metrics,
                                              config=config, beam=beam, lang=args.lang,
-                                             show_progress=True)
+                                             batch_size=args.batch_size or 8, show_progress=True)
     if "ppl" in metrics:
         results["ppl"] = completion_loss(model, tokenizer, args.data, limit=args.max_sentences)
     _write_outputs(args.hyps_out, "prompt", [(it.prompt, it.reference) for it in items], outputs)

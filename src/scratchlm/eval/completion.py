@@ -32,7 +32,7 @@ from scratchlm.data.sft import (
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval import metrics as M
 from scratchlm.generate.beam import BeamConfig, beam_search
-from scratchlm.generate.decode import GenerationConfig, generate
+from scratchlm.generate.decode import GenerationConfig, generate_batch
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -87,21 +87,32 @@ def _cut(text: str, stop: list[str]) -> str:
 
 def complete(
     model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], config: GenerationConfig,
-    *, beam: BeamConfig | None = None, show_progress: bool = False,
+    *, beam: BeamConfig | None = None, batch_size: int = 8, show_progress: bool = False,
 ) -> list[str]:
-    """One output per item (stripped), each prompt decoded alone: by `config` (greedy at
-    temperature 0), or by beam search when `beam` is given (cut at config.stop)."""
+    """One output per item (stripped): by `config` (greedy at temperature 0), prompts of
+    similar lengths decoded `batch_size` at a time (left-padded); or by beam search when
+    `beam` is given, one prompt at a time (cut at config.stop)."""
     device = next(model.parameters()).device
-    outputs = []
-    for it in tqdm(items, desc="generate", unit="prompt", disable=not show_progress):
-        if beam is None:
-            outputs.append(generate(model, tokenizer, it.prompt, config)[0].strip())
-            continue
-        ids = tokenizer.encode(it.prompt) or [tokenizer.eos_id]
-        best = beam_search(model, torch.tensor([ids], device=device), config=beam,
-                           eos_id=tokenizer.eos_id)[0][0]
-        text = tokenizer.decode([t for t in best.tokens if t != tokenizer.eos_id])
-        outputs.append(_cut(text, config.stop).strip())
+    outputs: list[str] = [""] * len(items)
+    bar = tqdm(total=len(items), desc="generate", unit="prompt", disable=not show_progress)
+    if beam is None:
+        lengths = [len(tokenizer.encode(it.prompt)) for it in items]
+        order = sorted(range(len(items)), key=lambda i: lengths[i])  # little padding
+        for at in range(0, len(order), batch_size):
+            chunk = order[at : at + batch_size]
+            texts = generate_batch(model, tokenizer, [items[i].prompt for i in chunk], config)
+            for i, text in zip(chunk, texts, strict=True):
+                outputs[i] = text.strip()
+            bar.update(len(chunk))
+    else:
+        for i, it in enumerate(items):
+            ids = tokenizer.encode(it.prompt) or [tokenizer.eos_id]
+            best = beam_search(model, torch.tensor([ids], device=device), config=beam,
+                               eos_id=tokenizer.eos_id)[0][0]
+            text = tokenizer.decode([t for t in best.tokens if t != tokenizer.eos_id])
+            outputs[i] = _cut(text, config.stop).strip()
+            bar.update(1)
+    bar.close()
     return outputs
 
 
@@ -138,9 +149,10 @@ def completion_loss(
 def score_completions(
     model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, metrics: list[str],
     config: GenerationConfig, beam: BeamConfig | None = None, lang: str | None = None,
-    show_progress: bool = False,
+    batch_size: int = 8, show_progress: bool = False,
 ) -> tuple[dict[str, M.MetricResult], list[str]]:
     """({metric: result}, outputs) for the text metrics bleu, chrf and rouge."""
-    outputs = complete(model, tokenizer, items, config, beam=beam, show_progress=show_progress)
+    outputs = complete(model, tokenizer, items, config, beam=beam, batch_size=batch_size,
+                       show_progress=show_progress)
     out = M.score_texts(outputs, [it.reference for it in items], metrics, lang=lang)
     return out, outputs

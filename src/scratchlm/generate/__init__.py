@@ -2,6 +2,7 @@
 one beam search (beam.py), all over the decoder protocol."""
 
 from scratchlm.generate.beam import BeamConfig, Hypothesis, beam_search
-from scratchlm.generate.decode import GenerationConfig, generate, generate_tokens
+from scratchlm.generate.decode import GenerationConfig, generate, generate_batch, generate_tokens
 
-__all__ = ["BeamConfig", "GenerationConfig", "Hypothesis", "beam_search", "generate", "generate_tokens"]
+__all__ = ["BeamConfig", "GenerationConfig", "Hypothesis", "beam_search", "generate", "generate_batch",
+           "generate_tokens"]

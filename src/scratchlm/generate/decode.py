@@ -106,11 +106,14 @@ def generate_tokens(
     eos_id: int | None = None,
     pad_id: int = 0,
     memory=None,
+    left_pad: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until max_new_tokens or every row hit eos.
 
-    `input_ids` (B, T) are prompts of equal length. max_new_tokens is capped to what fits
-    in the model's context (see `max_new_tokens_for`). For an encoder-decoder, pass
+    `input_ids` (B, T) are prompts of equal length, or of different lengths left-padded:
+    `left_pad` (B,) says how many padding tokens open each row (decoder-only Transformers).
+    max_new_tokens is capped to what fits in the model's context after the longest prompt
+    (see `max_new_tokens_for`). For an encoder-decoder, pass
     memory=model.encode(src_ids, src_mask) and input_ids = <|bos|> per row."""
     B, T = input_ids.shape
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
@@ -121,8 +124,17 @@ def generate_tokens(
     seen = None
     if config.repetition_penalty != 1.0:
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, input_ids, True)
+        prompt = input_ids
+        if left_pad is not None:  # padding is not part of the prompt (the last token always is)
+            real = torch.arange(T, device=device)[None, :] >= left_pad.to(device)[:, None]
+            prompt = torch.where(real, input_ids, input_ids[:, -1:])
+        seen.scatter_(1, prompt, True)
     cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
+    if left_pad is not None:
+        if not getattr(model, "supports_left_padding", False):
+            raise ScratchLMError(f"{type(model).__name__} decodes prompts of one length only "
+                                 "(left padding is for decoder-only Transformers)")
+        cache.set_left_padding(left_pad)
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # prefill: (B, 1, V)
     logits = logits[:, -1]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -241,9 +253,36 @@ def generate(
         ids = [tokenizer.eos_id]  # an empty prompt starts a new document
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids] * config.num_samples, dtype=torch.long, device=device)
-    streams = [TextStream(tokenizer, config.stop) for _ in range(config.num_samples)]
+    return _decode_rows(model, tokenizer, input_ids, config, on_text=on_text)
+
+
+def generate_batch(
+    model: torch.nn.Module, tokenizer: Tokenizer, prompts: list[str], config: GenerationConfig | None = None,
+) -> list[str]:
+    """One continuation of each prompt, all decoded in one batch: prompts of different
+    lengths are left-padded (decoder-only Transformers; other models take them one by one).
+    Each row is what `generate` gives for that prompt alone, up to float rounding."""
+    config = config or GenerationConfig()
+    if config.num_samples != 1:
+        raise ScratchLMError("generate_batch gives one continuation a prompt (num_samples=1)")
+    if len(prompts) == 1 or not getattr(model, "supports_left_padding", False):
+        return [generate(model, tokenizer, p, config)[0] for p in prompts]
+    rows = [tokenizer.encode(p) or [tokenizer.eos_id] for p in prompts]
+    T = max(len(r) for r in rows)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[tokenizer.pad_id] * (T - len(r)) + r for r in rows], device=device)
+    left_pad = torch.tensor([T - len(r) for r in rows], device=device)
+    return _decode_rows(model, tokenizer, input_ids, config, left_pad=left_pad)
+
+
+def _decode_rows(
+    model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch.Tensor, config: GenerationConfig,
+    *, left_pad: torch.Tensor | None = None, on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Decode every row to text (eos and stop strings end a row)."""
+    streams = [TextStream(tokenizer, config.stop) for _ in range(input_ids.shape[0])]
     for tokens in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
-                                  pad_id=tokenizer.pad_id):
+                                  pad_id=tokenizer.pad_id, left_pad=left_pad):
         for row, t in enumerate(tokens.tolist()):
             s = streams[row]
             if s.done or (t == tokenizer.eos_id and not config.ignore_eos):

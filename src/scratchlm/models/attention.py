@@ -30,11 +30,17 @@ def causal_attention(
     """q: (B, nh, T, hd); k, v: (B, n_kv, T, hd) for the new positions. Returns (B, nh, T, hd)."""
     t = q.shape[2]
     past = 0
+    padded = None
     if cache is not None:
         past = cache.length
+        padded = cache.attention_mask(t)  # (B, 1, T, past+T) with left-padded rows, else None
         k, v = cache.update(layer, k, v)  # (B, n_kv, past+T, hd)
     # GQA: each kv head serves n_head // n_kv query heads; SDPA broadcasts without copying.
     gqa = k.shape[1] != q.shape[1]
+    if padded is not None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=padded, dropout_p=dropout_p, enable_gqa=gqa
+        )
     if past == 0:
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa

@@ -17,6 +17,11 @@ class KVCache:
 
     `length` is how many positions are filled. A forward pass writes its new keys/values at
     [length, length + T) in every layer, then calls `advance(T)`.
+
+    Prompts of different lengths share a batch left-padded: `pad` (B,) is how many padding
+    positions open each row (`set_left_padding`). Their keys are masked out
+    (`attention_mask`) and each row's token positions count from its first real token
+    (`positions`), so a padded row computes what it computes alone.
     """
 
     def __init__(
@@ -34,7 +39,38 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.pad: torch.Tensor | None = None  # (B,) left-padding positions of each row
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
+
+    def set_left_padding(self, pad: torch.Tensor) -> None:
+        """Rows start with pad[b] padding positions (set before the first forward pass)."""
+        if self.length:
+            raise ScratchLMError("left padding is set before the prompt is fed, on an empty cache")
+        if pad.shape != (self.batch_size,):
+            raise ScratchLMError(f"pad must be ({self.batch_size},), one count a row; got {tuple(pad.shape)}")
+        self.pad = pad.to(device=self.k.device, dtype=torch.long)
+
+    def positions(self, start: int, t: int) -> torch.Tensor | None:
+        """(B, t) positions of the next t tokens counted from each row's first real token
+        (0 on padding); None without left padding (positions are start .. start+t-1)."""
+        if self.pad is None:
+            return None
+        at = torch.arange(start, start + t, device=self.pad.device)  # (t,)
+        return (at[None, :] - self.pad[:, None]).clamp_min(0)  # (B, t)
+
+    def attention_mask(self, t: int) -> torch.Tensor | None:
+        """(B, 1, t, length + t) bool for the next t queries over all keys (call before
+        `update`): causal, no padding keys, and a padding query sees itself (no empty row,
+        whose softmax would be NaN); None without left padding."""
+        if self.pad is None:
+            return None
+        end = self.length + t
+        keys = torch.arange(end, device=self.pad.device)  # (S,)
+        queries = keys[self.length :]  # (t,) absolute positions
+        causal = keys[None, :] <= queries[:, None]  # (t, S)
+        real = keys[None, :] >= self.pad[:, None]  # (B, S)
+        mask = (causal[None] & real[:, None]) | (keys[None, :] == queries[:, None])[None]  # (B, t, S)
+        return mask[:, None]
 
     @property
     def max_len(self) -> int:
@@ -71,6 +107,8 @@ class KVCache:
         for the next reorder of the same batch size (beam search reorders every step: copying
         all max_len positions, or allocating fresh buffers, costs many times more than the
         positions in use). Positions past `length` hold stale values and are never read."""
+        if self.pad is not None:
+            self.pad = self.pad.index_select(0, index)
         if self.k.requires_grad or self.v.requires_grad:  # keep the autograd graph (no out=)
             self.k, self.v, self._spare = self.k.index_select(1, index), self.v.index_select(1, index), None
             return self

@@ -23,6 +23,8 @@ class DecoderLM(nn.Module):
     # Names of the linear layers that write into the residual stream: their init is scaled
     # by 1/sqrt(2 * n_layer) (GPT-2 paper, section 2.3).
     residual_projections: tuple[str, ...] = ()
+    # Prompts of different lengths decode in one batch, left-padded (KVCache.set_left_padding).
+    supports_left_padding = True
 
     @property
     def max_context(self) -> int | None:

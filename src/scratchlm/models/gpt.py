@@ -141,6 +141,8 @@ class GPT(DecoderLM):
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         if position_ids is not None:
             pos = position_ids  # (B, T): positions restart at 0 for every packed example
+        elif cache is not None and cache.pad is not None:
+            pos = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):

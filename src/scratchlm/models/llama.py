@@ -198,6 +198,8 @@ class Llama(DecoderLM):
         if cache is not None and (position_ids is not None or attn_mask is not None):
             raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
         T = input_ids.shape[1]
+        if cache is not None and cache.pad is not None:
+            position_ids = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
         for i, block in enumerate(self.model.layers):
             x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
