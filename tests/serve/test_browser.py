@@ -37,7 +37,7 @@ def server(talker_dir):
 def browser():
     from recipes.tools import headless_chromium
 
-    driver = headless_chromium(1200, 900)
+    driver = headless_chromium(1200, 600)  # a short window: the reply overflows the log sooner
     yield driver
     driver.quit()
 
@@ -59,8 +59,10 @@ def test_chat_page_streams_a_reply_and_stops_it(server, browser):
     reply = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".msg.assistant .text"))
     assert browser.find_element(By.CSS_SELECTOR, ".msg.user .text").text == "Tell me a story"
     wait.until(lambda d: len(reply.text) >= 20)
-    first = len(reply.text)
+    first, stop_at = len(reply.text), by_id("stop").location
     wait.until(lambda d: len(reply.text) > first)  # still growing: streamed, not all at once
+    wait.until(lambda d: by_id("log").get_property("scrollHeight") > by_id("log").size["height"])
+    assert by_id("stop").location == stop_at  # a growing reply scrolls; the button stays put
     assert by_id("stop").is_enabled() and not by_id("send").is_enabled()
     assert server.health()["running_rows"] == 1
 
