@@ -69,15 +69,16 @@ def run(engine, steps: int | None = None) -> None:
 def test_transformer_rows_join_and_leave_without_changing_outputs(family, tokenizer):
     tok = tokenizer
     model = tiny_model(family, vocab_size=tok.vocab_size, block_size=256, init_std=0.1).eval()
-    engine = Engine(model, tok, max_rows=16, max_batches=2, max_rewind=32)
+    engine = Engine(model, tok, max_rows=16, max_batches=2)
     # Rows that ignore <eos> keep the first batch alive; the others may end early.
     long = GenerationConfig(max_new_tokens=80, temperature=0, ignore_eos=True)
     sampled = GenerationConfig(max_new_tokens=70, temperature=0.9, top_k=20, top_p=0.9, seed=7)
     penalized = GenerationConfig(max_new_tokens=60, temperature=0, repetition_penalty=1.5,
                                  ignore_eos=True)
     greedy = GenerationConfig(max_new_tokens=30, temperature=0)
+    too_long = GenerationConfig(max_new_tokens=200, temperature=0, ignore_eos=True)
     cases = [("ROMEO: wherefore", long), ("JULIET: what light through yonder window", sampled),
-             ("Ay", penalized), ("O", greedy)]
+             ("Ay", penalized), ("O", greedy), ("Be", too_long)]
     sinks = [submit(engine, tok, *cases[0])[1]]
     run(engine, 3)  # the batch is now 15 + 3 positions long
     assert engine.stats()["batches"] == 1
@@ -85,13 +86,17 @@ def test_transformer_rows_join_and_leave_without_changing_outputs(family, tokeni
     sinks.append(submit(engine, tok, *cases[1])[1])
     run(engine, 1)
     assert engine.stats()["batches"] == 1 and engine.stats()["running_rows"] == 2
-    # A shorter one joins too: the batch is rewound to its length (18 <= max_rewind).
+    # A shorter one joins too, left-padded to the batch's length.
     sinks.append(submit(engine, tok, *cases[2])[1])
     run(engine, 1)
     assert engine.stats()["batches"] == 1 and engine.stats()["running_rows"] == 3
     run(engine, 40)
-    # Now the batch is too far ahead to rewind: a second batch starts.
+    # Far shorter than the batch (about 60 positions): still joins, padded.
     sinks.append(submit(engine, tok, *cases[3])[1])
+    run(engine, 1)
+    assert engine.stats()["batches"] == 1 and engine.stats()["running_rows"] == 4
+    # 200 new tokens past the batch's length would overrun the 256-token context: a new batch.
+    sinks.append(submit(engine, tok, *cases[4])[1])
     run(engine, 1)
     assert engine.stats()["batches"] == 2
     run(engine)
@@ -104,16 +109,17 @@ def test_transformer_rows_join_and_leave_without_changing_outputs(family, tokeni
 def test_a_request_that_fits_no_batch_waits_for_one_to_end(tokenizer):
     tok = tokenizer
     model = tiny_model("gpt", vocab_size=tok.vocab_size, block_size=128, init_std=0.1).eval()
-    engine = Engine(model, tok, max_batches=1, max_rewind=4)
+    engine = Engine(model, tok, max_batches=1)
     cfg = GenerationConfig(max_new_tokens=20, temperature=0, ignore_eos=True)
     a = submit(engine, tok, "a prompt of some length", cfg)[1]
     run(engine, 10)
-    b = submit(engine, tok, "b", cfg)[1]  # 30 positions behind the batch: no rewind that far
+    long = GenerationConfig(max_new_tokens=100, temperature=0, ignore_eos=True)
+    b = submit(engine, tok, "b", long)[1]  # padded to the batch (~33), +100 > the 128 context
     run(engine, 1)
     assert engine.stats()["waiting"] == 1 and engine.stats()["batches"] == 1
     run(engine)
     assert a.ids[0] == alone(model, tok, tok.encode("a prompt of some length"), cfg)[0]
-    assert b.ids[0] == alone(model, tok, tok.encode("b"), cfg)[0]
+    assert b.ids[0] == alone(model, tok, tok.encode("b"), long)[0]
 
 
 def test_rnn_rows_join_at_any_time(tokenizer):

@@ -15,16 +15,16 @@ sampler once per job on that job's rows, with the job's own settings and seeded 
 Rows leave a batch (`reorder`) as soon as they finish or their client goes away, which
 frees their slot for the next waiting job.
 
-Why batches are "lockstep": the decoder protocol's KV cache has one length for all its rows
-(every row's next token sits at the same position, no padding masks), so a Transformer row
-joins a running batch of length L where its prompt is longer than L: it is prefilled with its
-first L prompt tokens, appended to the batch, and fed the rest of its prompt one token a step
-(its logits are ignored until its prompt is in). A batch a little longer than a newcomer's
-prompt (at most `max_rewind` positions) is rewound to it: its cache is cut back, and its rows
-re-feed the tokens they had past that point before they sample again. Requests that arrive
-together start a new batch at the length of their shortest prompt; a request that fits no
-running batch starts a new one (at most `max_batches` run at a time, stepped in turn) or
-waits for one to end. RNN state has no positions, so RNN rows join the running batch at any time.
+How a Transformer row joins a running batch of length L (the KV cache has one length for all
+its rows): a prompt no longer than L is left-padded to it, so its last prompt token lines up
+with the batch's next position; it is prefilled alone (the padding positions are masked and
+never computed; its positions count from its first token, `KVCache.set_left_padding`) and
+appended to the batch. A longer prompt is prefilled with its first L tokens, appended, and fed
+the rest one token a step (its logits are ignored until its prompt is in; at most
+`max_catch_up` tokens). Requests that arrive together start a new batch at the length of
+their shortest prompt; a request that fits no running batch (its prompt plus max_tokens past
+the batch's length would overrun the context) starts a new one (at most `max_batches` run at
+a time, stepped in turn) or waits for one to end. RNN state has no positions, so RNN rows join the running batch at any time.
 Encoder-decoder rows start from <bos> with their own encoded source; they are batched with
 the requests admitted at the same time (sources padded and masked, as `translate` does).
 docs/serving.md discusses what this costs and what per-row positions would add.
@@ -109,12 +109,15 @@ class _Batch:
 
 
 def _concat(a, b):
-    """Append the rows of cache `b` to cache `a` (same kind, same length). With `reorder`
-    (rows leave) and cutting `KVCache.length` back (`Engine._rewind`), all the batching needs
-    from a cache."""
+    """Append the rows of cache `b` to cache `a` (same kind, same length, left padding
+    kept). With `reorder` (rows leave), all the batching needs from a cache."""
     if isinstance(a, KVCache) and isinstance(b, KVCache):
         if a.length != b.length or a.max_len != b.max_len:
             raise ValueError("KV caches of different lengths cannot share a batch")
+        if a.pad is not None or b.pad is not None:  # left padding per row (none: 0)
+            a.pad = torch.cat([p if p is not None else torch.zeros(c.batch_size, dtype=torch.long,
+                                                                   device=c.k.device)
+                               for p, c in ((a.pad, a), (b.pad, b))])
         a.k = torch.cat([a.k, b.k], 1)  # (n_layer, B_a + B_b, n_kv, max_len, hd)
         a.v = torch.cat([a.v, b.v], 1)
         return a
@@ -130,21 +133,18 @@ def _concat(a, b):
 class Engine:
     """The batching engine. `max_rows`: rows decoding at once (slots); `max_waiting`: jobs that
     may wait for a slot before `submit` raises Busy; `max_batches`: batches stepped in turn;
-    `max_catch_up`: most prompt tokens a row may be fed one a step to join a batch;
-    `max_rewind`: most positions a batch may be rewound for a shorter prompt to join it."""
+    `max_catch_up`: most prompt tokens a row may be fed one a step to join a batch."""
 
     def __init__(
         self, model: torch.nn.Module, tokenizer: Tokenizer, *, max_rows: int = 32,
         max_waiting: int = 64, max_batches: int = 2, max_catch_up: int = 64,
-        max_rewind: int = 32,
     ) -> None:
-        if max_rows < 1 or max_batches < 1 or min(max_waiting, max_catch_up, max_rewind) < 0:
-            raise ScratchLMError("max_rows and max_batches must be >= 1, max_waiting, "
-                                 "max_catch_up and max_rewind >= 0")
+        if max_rows < 1 or max_batches < 1 or min(max_waiting, max_catch_up) < 0:
+            raise ScratchLMError("max_rows and max_batches must be >= 1, max_waiting and "
+                                 "max_catch_up >= 0")
         self.model, self.tokenizer = model, tokenizer
         self.max_rows, self.max_waiting = max_rows, max_waiting
         self.max_batches, self.max_catch_up = max_batches, max_catch_up
-        self.max_rewind = max_rewind
         self.device = next(model.parameters()).device
         self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
         self.position_free = (not self.encoder_decoder
@@ -299,14 +299,13 @@ class Engine:
         if self.position_free:
             return self._batches[0] if self._batches else None
         p = len(job.prompt) - 1  # the last prompt token is fed by a step, for its logits
-        ok = [b for b in self._batches if b.joinable]
-        # Best: a batch no longer than the prompt (the newcomer catches up alone); else one
-        # just a little longer, rewound to the prompt's length (every row re-feeds).
-        behind = [b for b in ok if b.length <= p and p - b.length <= self.max_catch_up]
-        if behind:
-            return max(behind, key=lambda b: b.length)
-        ahead = [b for b in ok if 0 < b.length - p <= self.max_rewind]
-        return min(ahead, key=lambda b: b.length, default=None)
+        context = self.model.max_context
+        # A batch no longer than the prompt (the newcomer catches up alone), or longer (the
+        # newcomer is left-padded to it) if its rows still fit the context; the closest one.
+        fits = [b for b in self._batches if b.joinable and (
+            p - self.max_catch_up <= b.length <= p
+            or (b.length > p and b.length + 1 + job.config.max_new_tokens <= context))]
+        return min(fits, key=lambda b: (abs(b.length - p), b.length), default=None)
 
     def _group(self, jobs: list[Job]) -> list[list[Job]]:
         """Newcomers -> new batches: by prompt length, each batch starting at its shortest
@@ -363,23 +362,35 @@ class Engine:
         batch.max_len = max_len
 
     def _join(self, batch: _Batch, job: Job) -> None:
-        if not self.position_free and batch.length > len(job.prompt) - 1:
-            self._rewind(batch, len(job.prompt) - 1)
-        fed = len(job.prompt) - 1 if self.position_free else batch.length
-        if self._room([job]) > batch.max_len:
-            self._grow(batch, self._room([job]))
-        cache = self._prefill([job.prompt[:fed]], [job.n], batch.max_len)
+        p = len(job.prompt) - 1
+        if self.position_free:
+            cache = self._prefill([job.prompt[:p]], [job.n], batch.max_len)
+            fed = p
+        else:
+            room = max(self._room([job]), batch.length + 1 + job.config.max_new_tokens)
+            if room > batch.max_len:
+                self._grow(batch, min(room, self.model.max_context))
+            if batch.length > p:  # shorter: left-padded to the batch's length
+                cache = self._prefill_padded(job.prompt[:p], job.n, batch.length, batch.max_len)
+                fed = p
+            else:  # longer: prefilled to the batch's length, then catches up
+                cache = self._prefill([job.prompt[: batch.length]], [job.n], batch.max_len)
+                fed = batch.length
         batch.cache = _concat(batch.cache, cache)
         batch.rows += self._rows(job, job.prompt, fed)
 
-    def _rewind(self, batch: _Batch, length: int) -> None:
-        """Cut a Transformer batch's cache back to `length` positions. What each row had
-        past it is still in its `seq` (prompt and sampled tokens), so the rows re-feed it,
-        one token a step, and sample again only once they are past what they had."""
-        batch.cache.length = length  # positions < length are untouched and still valid
-        batch.length = length
-        for r in batch.rows:
-            r.fed = min(r.fed, length)
+    def _prefill_padded(self, prompt: list[int], n: int, length: int, max_len: int) -> KVCache:
+        """A cache of `length` positions whose last len(prompt) hold `prompt`, after padding
+        that is masked and never computed, repeated for n rows."""
+        cache = init_cache(self.model, batch_size=1, max_len=max_len)
+        cache.set_left_padding(torch.tensor([length - len(prompt)], device=self.device))
+        cache.length = length - len(prompt)  # start after the padding: nothing there is read
+        if prompt:
+            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, len)
+            _, cache = self.model(ids, cache=cache, logits_to_keep=1)
+        if n > 1:
+            cache = cache.reorder(torch.zeros(n, dtype=torch.long, device=self.device))
+        return cache
 
     def _start(self, jobs: list[Job]) -> None:
         if self.encoder_decoder:
