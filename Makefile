@@ -57,7 +57,14 @@ bench: install
 
 # Every recipe of docs/recipes/ end to end on real data (each sized for 2 CPU cores;
 # not part of `make test`); rewrites the result sections of the pages from what the run printed.
+# Debian packages they use, installed with apt-get if absent: Chromium (the QA recipe asks its
+# question in the web chat page) and a CJK font (the en-zh attention map's labels).
 recipes: install
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ]; then \
+		echo "installing chromium, chromium-driver and fonts-wqy-zenhei with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei \
+			|| echo "note: apt-get failed: the QA recipe's web-chat step will stop, and Chinese labels are drawn as boxes"; \
+	fi
 	$(BIN)/python recipes/run.py all
 
 clean:

@@ -69,11 +69,15 @@ def test_cjk_tokens(tmp_path):
         _read_png(plot_attention(w, SRC, ZH_TGT, tmp_path / "zh.png", title="注意力"))
 
 
-def test_cjk_tokens_without_a_cjk_font(tmp_path, monkeypatch):
+def test_cjk_tokens_without_a_cjk_font(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(attention_plot, "cjk_font", lambda: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _read_png(plot_attention(_weights(len(ZH_TGT), 2), ["a", "b"], ZH_TGT, tmp_path / "zh.png"))
+    err = capsys.readouterr().err  # one line says the characters are boxes and what to install
+    assert err.count("\n") == 1 and "no CJK font" in err and "fonts-wqy-zenhei" in err
+    plot_attention(_weights(2, 2), ["a", "b"], ["c", "d"], tmp_path / "en.png")
+    assert capsys.readouterr().err == ""  # no CJK text: no note
 
 
 def test_other_formats(tmp_path):

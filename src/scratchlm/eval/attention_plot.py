@@ -10,6 +10,8 @@ average them, or draw one panel per head. CJK labels need a CJK font (Debian/Ubu
 from __future__ import annotations
 
 import math
+import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ _CJK_FONTS = (
     "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "SimHei", "PingFang SC",
     "Hiragino Sans GB", "Arial Unicode MS",
 )
+_CJK_TEXT = re.compile("[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")  # characters a CJK font draws
 _CJK_FONT_FILES = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
@@ -133,6 +136,9 @@ def plot_attention(
 
     font = cjk_font()
     rc = {"font.family": ["DejaVu Sans", font]} if font else {}  # per-glyph fallback to the CJK font
+    if font is None and any(_CJK_TEXT.search(t) for t in [*src_tokens, *tgt_tokens, title or ""]):
+        print("note: no CJK font is installed, so Chinese/Japanese/Korean characters are drawn as "
+              "boxes; install one (Debian: apt-get install fonts-wqy-zenhei)", file=sys.stderr)
     ncols = math.ceil(math.sqrt(n_panels))
     nrows = math.ceil(n_panels / ncols)
     cell = 0.32 if n_panels == 1 else 0.2  # inches per token
