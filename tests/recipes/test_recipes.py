@@ -236,9 +236,9 @@ def test_tools_smollm2_without_pypi_is_one_line_saying_where_to_put_the_file(tmp
 
 
 def test_tools_web_chat_asks_in_the_page_and_matches_the_api(tmp_path, capsys):
-    from recipes import tools
+    from recipes import tools, web_chat
 
-    if not (tools.CHROMIUM.exists() and tools.CHROMEDRIVER.exists()):
+    if not (web_chat.CHROMIUM.exists() and web_chat.CHROMEDRIVER.exists()):
         assert tools.main(["web-chat", "m", "--question", "hi"]) == 1
         assert "make test-browser" in capsys.readouterr().err
         pytest.skip("headless Chromium is not installed; `make test-browser` installs it")
@@ -256,3 +256,5 @@ def test_tools_web_chat_asks_in_the_page_and_matches_the_api(tmp_path, capsys):
     for r in rows:  # greedy: the page shows what the API answers to the same conversation
         assert r["page"] and r["page"] == r["api"].strip(), r
     assert shot.read_bytes()[:4] == b"\x89PNG"
+    assert tools.main(["web-chat", str(tmp_path / "nope"), "--question", "hi"]) == 1  # at once
+    assert "did not start: error: model directory" in capsys.readouterr().err

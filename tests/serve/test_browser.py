@@ -35,7 +35,7 @@ def server(talker_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    from recipes.tools import headless_chromium
+    from recipes.web_chat import headless_chromium
 
     driver = headless_chromium(1200, 600)  # a short window: the reply overflows the log sooner
     yield driver
