@@ -147,7 +147,7 @@ def summarize_steps() -> list[Step]:
         S("rouge-lead-100", f"python recipes/tools.py lead {SUM_RAW} --max-sentences {SUBSET}"),
         S("smollm2", "python recipes/tools.py smollm2 --out models/smollm2"),
         S("sft-pairs", f"python recipes/tools.py sft-pairs {SUM_RAW} --out data/debian-sft --train 2000 --valid 200"),
-        S("rouge-base-100", f"scratchlm evaluate models/smollm2 --data data/debian-sft/test.jsonl {lm}"),
+        S("rouge-base-100", f"scratchlm evaluate models/smollm2 --data data/debian-sft/test-chat.jsonl {lm}"),
         S("finetune", f"scratchlm finetune models/smollm2 --data data/debian-sft/train.jsonl "
                       f"--val-data data/debian-sft/valid.jsonl --out {lora} "
                       f"--config configs/recipe-summarize-lora.yaml --overwrite"),
@@ -182,7 +182,8 @@ def render_summarize(outputs: dict[str, str], timings: dict[str, float]) -> str:
         _rouge_row(f"seq2seq Transformer from scratch ({tr['steps']:,} steps), greedy", outputs["rouge-seq2seq"]),
         _rouge_row("lead sentence (baseline)", outputs["rouge-lead-100"]),
         _rouge_row("seq2seq Transformer from scratch, greedy", outputs["rouge-seq2seq-100"]),
-        _rouge_row("SmolLM2-135M-Instruct, no fine-tuning, greedy", outputs["rouge-base-100"]),
+        _rouge_row("SmolLM2-135M-Instruct zero-shot (asked in its chat template), greedy",
+                   outputs["rouge-base-100"]),
         _rouge_row(f"SmolLM2-135M-Instruct + LoRA ({ft['steps']} steps), greedy", outputs["rouge-lora-100"]),
         "",
         f"The LLM decodes only the first {SUBSET} test pairs (after fine-tuning they took "

