@@ -263,17 +263,17 @@ def render_qa(outputs: dict[str, str], timings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-RECIPES: dict[str, Recipe] = {
+RECIPES: dict[str, Recipe] = {  # the order of docs/recipes/README.md (`run.py all` runs them so)
     "textgen-en": Recipe("textgen-en", "docs/recipes/textgen.md", "English text generation (Shakespeare)",
                          textgen_steps("en"), render_textgen),
     "textgen-zh": Recipe("textgen-zh", "docs/recipes/textgen.md", "Chinese text generation (fortunes-zh)",
                          textgen_steps("zh"), render_textgen),
-    "qa": Recipe("qa", "docs/recipes/qa.md", "Question answering / dialogue (SmolLM2 LoRA on ChatterBot)",
-                 qa_steps(), render_qa),
-    "summarize": Recipe("summarize", "docs/recipes/summarization.md",
-                        "Summarization (Debian descriptions -> synopsis)", summarize_steps(), render_summarize),
     "mt-en-fr": Recipe("mt-en-fr", "docs/recipes/translation.md", "Machine translation en-fr (LibreOffice)",
                        mt_steps("fr"), render_mt("fr")),
     "mt-en-zh": Recipe("mt-en-zh", "docs/recipes/translation.md", "Machine translation en-zh (LibreOffice)",
                        mt_steps("zh"), render_mt("zh")),
+    "summarize": Recipe("summarize", "docs/recipes/summarization.md",
+                        "Summarization (Debian descriptions -> synopsis)", summarize_steps(), render_summarize),
+    "qa": Recipe("qa", "docs/recipes/qa.md", "Question answering / dialogue (SmolLM2 LoRA on ChatterBot)",
+                 qa_steps(), render_qa),
 }

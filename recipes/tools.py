@@ -133,8 +133,12 @@ def cmd_answers(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise ScratchLMError(f"cannot read {args.data} as chat JSONL ({e})") from None
     seen, rows = set(), []
-    for c in chats:  # the first n distinct held-out questions
-        q, a = c["messages"][0]["content"], c["messages"][1]["content"]
+    for i, c in enumerate(chats, 1):  # the first n distinct held-out questions
+        try:
+            q, a = c["messages"][0]["content"], c["messages"][1]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise ScratchLMError(f"{args.data}:{i}: not a chat record "
+                                 '({"messages": [user, assistant, ...]})') from None
         if q.lower() not in seen:
             seen.add(q.lower())
             rows.append({"question": q, "reference": a})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,8 +26,9 @@ class _Server:
 
         from scratchlm.errors import ScratchLMError
 
+        env = {k: v for k, v in os.environ.items() if k != "SCRATCHLM_API_KEY"}  # the page sends none
         self.proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", model, "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
 

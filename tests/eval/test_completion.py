@@ -116,7 +116,7 @@ def test_ppl_is_the_token_weighted_loss_of_the_learned_spans(model_dir, tmp_path
             keep = labels != -100
             total += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum"))
             count += int(keep.sum())
-    got = completion_loss(model, tok, f, batch_size=3)
+    got = completion_loss(model, tok, read_items(f, tokenizer=tok), batch_size=3)
     assert got["tokens"] == count
     assert got["loss"] == pytest.approx(total / count, rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
@@ -133,3 +133,39 @@ def test_user_errors_are_one_line(model_dir, tmp_path, capsys):
         rc, _, err = run(capsys, "evaluate", model_dir, *args)
         assert rc == 1 and needle in err, err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_max_sentences_reads_only_those_records_and_must_be_positive(model_dir, tmp_path, capsys):
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n"
+                 + json.dumps({"prompt": "c", "completion": "d"}) + "\n"
+                 + json.dumps({"prompt": "e", "completion": ""}) + "\n")  # bad, but past the limit
+    rc, out, err = run(capsys, "evaluate", model_dir, "--data", f, "--metric", "ppl", "--metric", "chrf",
+                       "--max-sentences", 2, "--max-new-tokens", 4)
+    assert rc == 0, err
+    assert out.startswith("2 pairs") and "ppl: loss" in out and "chrF2 = " in out
+    rc, _, err = run(capsys, "evaluate", model_dir, "--data", f, "--metric", "ppl")
+    assert rc == 1 and f"{f}:3: the completion is empty" in err and "finetune" not in err
+    rc, _, err = run(capsys, "evaluate", model_dir, "--data", f, "--max-sentences", 0)
+    assert rc == 1 and "--max-sentences must be at least 1" in err
+
+
+def test_a_prompt_longer_than_the_context_is_named_before_decoding(model_dir, tmp_path, capsys):
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n"
+                 + json.dumps({"prompt": "x" * 200, "completion": "y"}) + "\n")
+    rc, _, err = run(capsys, "evaluate", model_dir, "--data", f, "--metric", "rouge")
+    assert rc == 1 and f"{f}:2: the prompt is 200 tokens and the model's context 96" in err
+
+
+def test_generate_batch_gives_each_prompt_its_own_room():
+    """A prompt near the end of the context gets only the tokens that fit after it; it must
+    not cap the new tokens of the shorter prompts batched with it."""
+    from scratchlm.generate import generate_batch
+
+    model, tok = None, train_tokenizer(kind="char", texts=[CHARS])
+    model = tiny_model("gpt", vocab_size=tok.vocab_size, block_size=32).eval()
+    prompts, cfg = ["a", "b" * 30, "cc"], GenerationConfig(max_new_tokens=12, temperature=0, ignore_eos=True)
+    alone = [generate(model, tok, p, cfg)[0] for p in prompts]
+    assert [len(tok.encode(t)) for t in alone] == [12, 2, 12]
+    assert generate_batch(model, tok, prompts, cfg) == alone

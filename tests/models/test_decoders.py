@@ -97,6 +97,13 @@ def test_repeated_reorders_reuse_one_spare_buffer_and_stay_exact(family):
         x = torch.cat([x[index], nxt], 1)
         torch.testing.assert_close(out, model(x)[:, -1:], atol=1e-5, rtol=0, msg=f"step {step}")
     assert len(buffers) == 3  # two for the four 3-row reorders, a new one for 2 rows
+    cache = model.init_cache(batch_size=2, max_len=4)
+    cache.set_left_padding(torch.tensor([2, 0]))
+    assert cache.pad is not None and cache.attention_mask(1) is cache.attention_mask(1)  # once a step
+    cache.reorder(torch.tensor([1]))
+    assert cache.pad is None  # the padded row left: no mask any more
+    cache.set_left_padding(torch.tensor([0]))
+    assert cache.pad is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)

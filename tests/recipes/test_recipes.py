@@ -220,6 +220,8 @@ def test_tools_sft_pairs_lead_and_answers_on_a_tiny_model(tmp_path, capsys):
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["question"] for r in rows] == ["Hi?", "Who?"]  # distinct questions, case-folded
     assert all(r["before"] == r["after"] for r in rows)  # the same model twice
+    assert tools.main(["answers", m, m, "--data", str(tmp_path / "sft" / "test.jsonl")]) == 1
+    assert "test.jsonl:1: not a chat record" in capsys.readouterr().err
     assert tools.main(["lead", str(tmp_path / "nowhere")]) == 1
     assert "datasets get debian-descriptions" in capsys.readouterr().err
 

@@ -28,7 +28,7 @@ import torch
 from scratchlm.data.pairs import PairData, is_pairs_dir, load_splits, read_pairs
 from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
-from scratchlm.eval.completion import completion_loss, read_items, score_completions
+from scratchlm.eval.completion import check_fit, completion_loss, read_items, score_completions
 from scratchlm.eval.perplexity import evaluate_lm
 from scratchlm.eval.translation import METRICS, score_pairs
 from scratchlm.fileio import atomic_file
@@ -36,7 +36,8 @@ from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
 from scratchlm.peft import load_with_adapter
 
-HELP = "perplexity (language models) or BLEU/chrF/ROUGE (seq2seq models) on held-out data"
+HELP = ("perplexity on held-out text; BLEU/chrF/ROUGE of translations (seq2seq) or of "
+        "completions of prompt -> reference files (language models)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ScratchLMError("--batch-size must be at least 1")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise ScratchLMError("--max-sentences must be at least 1 (leave it out to score everything)")
     model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
     if getattr(model, "is_encoder_decoder", False):
         return _seq2seq(args, model, tokenizer)
@@ -129,16 +132,18 @@ def _completions(args: argparse.Namespace, model, tokenizer) -> int:
     results: dict = {}
     outputs: list[str] = []
     items = read_items(args.data, tokenizer=tokenizer, limit=args.max_sentences)
+    if "ppl" in metrics:  # first: it is quick, and it checks nothing the decoding does not
+        results["ppl"] = completion_loss(model, tokenizer, items, batch_size=args.batch_size or 8)
     if text_metrics:
+        check_fit(model, tokenizer, items)
         stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
         config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0, stop=stop)
         beam = (BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
                 if args.num_beams > 1 else None)
-        results, outputs = score_completions(model, tokenizer, items, metrics=text_metrics,
-                                             config=config, beam=beam, lang=args.lang,
-                                             batch_size=args.batch_size or 8, show_progress=True)
-    if "ppl" in metrics:
-        results["ppl"] = completion_loss(model, tokenizer, args.data, limit=args.max_sentences)
+        scores, outputs = score_completions(model, tokenizer, items, metrics=text_metrics,
+                                            config=config, beam=beam, lang=args.lang,
+                                            batch_size=args.batch_size or 8, show_progress=True)
+        results.update(scores)
     _write_outputs(args.hyps_out, "prompt", [(it.prompt, it.reference) for it in items], outputs)
     return _report(args, len(items), Path(args.data).name, results)
 

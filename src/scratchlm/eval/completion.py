@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scratchlm.data.sft import (
+    Example,
     collate,
     detect_format,
+    encode_record,
     iter_records,
-    load_examples,
     render_chat,
     to_messages,
 )
@@ -41,21 +42,21 @@ class Item:
     prompt: str  # exactly what the model reads
     reference: str
     where: str  # file:line
+    example: Example  # the record as fine-tuning encodes it (for the loss)
 
 
 def _item(record: object, *, tokenizer: Tokenizer, where: str) -> Item:
-    fmt = detect_format(record) if isinstance(record, dict) else None
-    if fmt is None:
+    """Checked as fine-tuning checks a record (`encode_record`: formats, roles, an empty
+    completion or assistant turn), then split into prompt and reference."""
+    if not isinstance(record, dict) or detect_format(record) is None:
         raise ValueError('expected "messages", "instruction" + "output", or "prompt" + "completion"')
-    if fmt == "prompt_completion":
-        prompt, completion = record["prompt"], record["completion"]
-        if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise ValueError('"prompt" and "completion" must be strings')
-        return Item(prompt, completion.strip(), where)
-    messages = to_messages(record, fmt)
+    example = encode_record(record, tokenizer=tokenizer, where=where)
+    if "prompt" in record and "completion" in record and "messages" not in record:
+        return Item(record["prompt"], record["completion"].strip(), where, example)
+    messages = to_messages(record, detect_format(record))
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     prompt = render_chat(messages[:last], tokenizer=tokenizer, add_generation_prompt=True)
-    return Item(prompt, messages[last]["content"].strip(), where)
+    return Item(prompt, messages[last]["content"].strip(), where, example)
 
 
 def read_items(path: str | os.PathLike, *, tokenizer: Tokenizer, limit: int | None = None) -> list[Item]:
@@ -63,6 +64,8 @@ def read_items(path: str | os.PathLike, *, tokenizer: Tokenizer, limit: int | No
     stops with `file:line: reason`."""
     items: list[Item] = []
     for lineno, record, error in iter_records(path):
+        if limit is not None and len(items) >= limit:
+            break
         where = f"{path}:{lineno}"
         if error is None:
             try:
@@ -71,11 +74,20 @@ def read_items(path: str | os.PathLike, *, tokenizer: Tokenizer, limit: int | No
                 error = str(e)
         if error is not None:
             raise ScratchLMError(f"{where}: {error}")
-        if limit is not None and len(items) >= limit:
-            break
     if not items:
         raise ScratchLMError(f"{path} has no records to score")
     return items
+
+
+def check_fit(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item]) -> None:
+    """Every prompt leaves room for at least one new token in the context (checked before
+    decoding anything, so a long run does not stop at its last batch)."""
+    context = model.max_context
+    for it in items if context else []:
+        n = len(tokenizer.encode(it.prompt))
+        if n >= context:
+            raise ScratchLMError(f"{it.where}: the prompt is {n} tokens and the model's context "
+                                 f"{context}; shorten it (or leave the record out)")
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -118,17 +130,15 @@ def complete(
 
 @torch.inference_mode()
 def completion_loss(
-    model: torch.nn.Module, tokenizer: Tokenizer, path: str | os.PathLike, *,
-    limit: int | None = None, batch_size: int = 8,
+    model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], *, batch_size: int = 8,
 ) -> dict[str, float]:
-    """Mean cross-entropy (nats per learned token) of the learned spans of an SFT file (the
+    """Mean cross-entropy (nats per learned token) of the items' learned spans (the
     completions with their <eos>, or the assistant turns with the template's end-of-turn),
     each record alone; records longer than the context lose their start."""
     model.eval()
     device = next(model.parameters()).device
-    examples, _ = load_examples(path, tokenizer=tokenizer, max_len=model.config.block_size,
-                                truncation="left")
-    examples = examples[:limit]
+    block = model.config.block_size
+    examples = [Example(it.example.ids[-block:], it.example.learn[-block:], it.where) for it in items]
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # little padding
     for i in range(0, len(order), batch_size):

@@ -259,20 +259,32 @@ def generate(
 def generate_batch(
     model: torch.nn.Module, tokenizer: Tokenizer, prompts: list[str], config: GenerationConfig | None = None,
 ) -> list[str]:
-    """One continuation of each prompt, all decoded in one batch: prompts of different
-    lengths are left-padded (decoder-only Transformers; other models take them one by one).
-    Each row is what `generate` gives for that prompt alone, up to float rounding."""
+    """One continuation of each prompt, decoded in one batch: prompts of different lengths
+    are left-padded (decoder-only Transformers; other models take them one by one). Each row
+    is what `generate` gives for that prompt alone, up to float rounding: a prompt too long
+    for max_new_tokens to fit after it in the context (which caps its new tokens) is decoded
+    alone, so it does not cap the others'."""
     config = config or GenerationConfig()
     if config.num_samples != 1:
         raise ScratchLMError("generate_batch gives one continuation a prompt (num_samples=1)")
-    if len(prompts) == 1 or not getattr(model, "supports_left_padding", False):
+    if not getattr(model, "supports_left_padding", False):
         return [generate(model, tokenizer, p, config)[0] for p in prompts]
     rows = [tokenizer.encode(p) or [tokenizer.eos_id] for p in prompts]
-    T = max(len(r) for r in rows)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([[tokenizer.pad_id] * (T - len(r)) + r for r in rows], device=device)
-    left_pad = torch.tensor([T - len(r) for r in rows], device=device)
-    return _decode_rows(model, tokenizer, input_ids, config, left_pad=left_pad)
+    context = model.max_context or 10**9
+    together = [i for i, r in enumerate(rows) if len(r) + config.max_new_tokens <= context]
+    out = {i: generate(model, tokenizer, prompts[i], config)[0]
+           for i in range(len(rows)) if i not in set(together)}
+    if len(together) == 1:
+        out[together[0]] = generate(model, tokenizer, prompts[together[0]], config)[0]
+    elif together:
+        T = max(len(rows[i]) for i in together)
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([[tokenizer.pad_id] * (T - len(rows[i])) + rows[i] for i in together],
+                                 device=device)
+        left_pad = torch.tensor([T - len(rows[i]) for i in together], device=device)
+        texts = _decode_rows(model, tokenizer, input_ids, config, left_pad=left_pad)
+        out.update(zip(together, texts, strict=True))
+    return [out[i] for i in range(len(rows))]
 
 
 def _decode_rows(

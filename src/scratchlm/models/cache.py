@@ -40,6 +40,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.pad: torch.Tensor | None = None  # (B,) left-padding positions of each row
+        self._mask: tuple | None = None  # (length, t, pad, mask) of the last attention_mask call
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
 
     def set_left_padding(self, pad: torch.Tensor) -> None:
@@ -48,7 +49,7 @@ class KVCache:
             raise ScratchLMError("left padding is set before the prompt is fed, on an empty cache")
         if pad.shape != (self.batch_size,):
             raise ScratchLMError(f"pad must be ({self.batch_size},), one count a row; got {tuple(pad.shape)}")
-        self.pad = pad.to(device=self.k.device, dtype=torch.long)
+        self.pad = pad.to(device=self.k.device, dtype=torch.long) if bool(pad.any()) else None
 
     def positions(self, start: int, t: int) -> torch.Tensor | None:
         """(B, t) positions of the next t tokens counted from each row's first real token
@@ -64,13 +65,17 @@ class KVCache:
         whose softmax would be NaN); None without left padding."""
         if self.pad is None:
             return None
+        m = self._mask
+        if m is not None and m[0] == self.length and m[1] == t and m[2] is self.pad:
+            return m[3]  # every layer of one forward pass asks for the same mask
         end = self.length + t
         keys = torch.arange(end, device=self.pad.device)  # (S,)
         queries = keys[self.length :]  # (t,) absolute positions
         causal = keys[None, :] <= queries[:, None]  # (t, S)
         real = keys[None, :] >= self.pad[:, None]  # (B, S)
         mask = (causal[None] & real[:, None]) | (keys[None, :] == queries[:, None])[None]  # (B, t, S)
-        return mask[:, None]
+        self._mask = (self.length, t, self.pad, mask[:, None])
+        return self._mask[3]
 
     @property
     def max_len(self) -> int:
@@ -109,6 +114,8 @@ class KVCache:
         positions in use). Positions past `length` hold stale values and are never read."""
         if self.pad is not None:
             self.pad = self.pad.index_select(0, index)
+            if not bool(self.pad.any()):  # the padded rows have left: no mask needed
+                self.pad = None
         if self.k.requires_grad or self.v.requires_grad:  # keep the autograd graph (no out=)
             self.k, self.v, self._spare = self.k.index_select(1, index), self.v.index_select(1, index), None
             return self

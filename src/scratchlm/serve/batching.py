@@ -22,12 +22,12 @@ never computed; its positions count from its first token, `KVCache.set_left_padd
 appended to the batch. A longer prompt is prefilled with its first L tokens, appended, and fed
 the rest one token a step (its logits are ignored until its prompt is in; at most
 `max_catch_up` tokens). Requests that arrive together start a new batch at the length of
-their shortest prompt; a request that fits no running batch (its prompt plus max_tokens past
-the batch's length would overrun the context) starts a new one (at most `max_batches` run at
-a time, stepped in turn) or waits for one to end. RNN state has no positions, so RNN rows join the running batch at any time.
+their shortest prompt; a request that fits no running batch (a padded join needs the batch's
+length + 1 + max_tokens positions within the context) starts a new one (at most
+`max_batches` run at a time, stepped in turn) or waits for one to end. RNN state has no positions, so RNN rows join the running batch at any time.
 Encoder-decoder rows start from <bos> with their own encoded source; they are batched with
 the requests admitted at the same time (sources padded and masked, as `translate` does).
-docs/serving.md discusses what this costs and what per-row positions would add.
+docs/serving.md discusses how this plays out under load.
 """
 
 from __future__ import annotations
