@@ -107,6 +107,7 @@ def _fake_summarize():
     out = {k: _rouge_out(1000 if "100" not in k else 100, hyps, refs)
            for k in ("rouge-seq2seq", "rouge-seq2seq-100", "rouge-lead", "rouge-lead-100", "rouge-base-100")}
     out["rouge-lora-100"] = _rouge_out(100, ["a tool"], refs)
+    out["rouge-lora"] = _rouge_out(1000, ["a tool"], refs)
     return {**out, "train": _train_out(600), "finetune": _train_out(30), "examples": example + "\n"}
 
 
@@ -147,6 +148,7 @@ def test_render_rewrites_only_the_section_from_fake_output(tmp_path, name):
                        "| What makes you sad | Nothing \\| really | I'm sorry | FAKE ANSWER |"],
                 "summarize": ["| lead sentence (baseline) | 1,000 | 66.67 | 50.00 | 66.67 |",
                               "+ LoRA (30 steps), greedy | 100 | 100.00 | 100.00 | 100.00 |", "FAKE SUMMARY",
+                              "+ LoRA (30 steps), greedy | 1,000 | 100.00 |",
                               "| FAKE DOCUMENT FAKE DOCUMENT", "zero-shot (asked in its chat template), greedy | 100 | 66.67 |",
                               "2.269 before fine-tuning, 4.400 best"],
                 "mt-en-fr": ["| greedy |", "**FAKE TRANSLATION**", "nrefs:1", "images/attention-en-fr.png",
