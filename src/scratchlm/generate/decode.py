@@ -273,10 +273,8 @@ def generate_batch(
     context = model.max_context or 10**9
     together = [i for i, r in enumerate(rows) if len(r) + config.max_new_tokens <= context]
     out = {i: generate(model, tokenizer, prompts[i], config)[0]
-           for i in range(len(rows)) if i not in set(together)}
-    if len(together) == 1:
-        out[together[0]] = generate(model, tokenizer, prompts[together[0]], config)[0]
-    elif together:
+           for i in sorted(set(range(len(rows))) - set(together))}
+    if together:
         T = max(len(rows[i]) for i in together)
         device = next(model.parameters()).device
         input_ids = torch.tensor([[tokenizer.pad_id] * (T - len(rows[i])) + rows[i] for i in together],

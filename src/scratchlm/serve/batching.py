@@ -331,9 +331,13 @@ class Engine:
         return [_Row(job, i, seq, fed, self.tokenizer, None if seen is None else seen.clone())
                 for i in range(job.n)]
 
-    def _prefill(self, prompts: list[list[int]], repeats: list[int], max_len: int):
-        """A cache holding `prompts` (equal lengths, possibly 0), each repeated for its rows."""
+    def _prefill(self, prompts: list[list[int]], repeats: list[int], max_len: int, *, pad: int = 0):
+        """A cache holding `prompts` (equal lengths, possibly 0), each repeated for its rows;
+        with `pad`, after that many padding positions, masked and never computed."""
         cache = init_cache(self.model, batch_size=len(prompts), max_len=max_len)
+        if pad:
+            cache.set_left_padding(torch.full((len(prompts),), pad, device=self.device))
+            cache.length = pad  # start after the padding: nothing there is read
         if prompts[0]:
             ids = torch.tensor(prompts, dtype=torch.long, device=self.device)  # (J, L)
             _, cache = self.model(ids, cache=cache, logits_to_keep=1)
@@ -371,26 +375,13 @@ class Engine:
             if room > batch.max_len:
                 self._grow(batch, min(room, self.model.max_context))
             if batch.length > p:  # shorter: left-padded to the batch's length
-                cache = self._prefill_padded(job.prompt[:p], job.n, batch.length, batch.max_len)
+                cache = self._prefill([job.prompt[:p]], [job.n], batch.max_len, pad=batch.length - p)
                 fed = p
             else:  # longer: prefilled to the batch's length, then catches up
                 cache = self._prefill([job.prompt[: batch.length]], [job.n], batch.max_len)
                 fed = batch.length
         batch.cache = _concat(batch.cache, cache)
         batch.rows += self._rows(job, job.prompt, fed)
-
-    def _prefill_padded(self, prompt: list[int], n: int, length: int, max_len: int) -> KVCache:
-        """A cache of `length` positions whose last len(prompt) hold `prompt`, after padding
-        that is masked and never computed, repeated for n rows."""
-        cache = init_cache(self.model, batch_size=1, max_len=max_len)
-        cache.set_left_padding(torch.tensor([length - len(prompt)], device=self.device))
-        cache.length = length - len(prompt)  # start after the padding: nothing there is read
-        if prompt:
-            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, len)
-            _, cache = self.model(ids, cache=cache, logits_to_keep=1)
-        if n > 1:
-            cache = cache.reorder(torch.zeros(n, dtype=torch.long, device=self.device))
-        return cache
 
     def _start(self, jobs: list[Job]) -> None:
         if self.encoder_decoder:
