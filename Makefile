@@ -65,7 +65,7 @@ recipes: install
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei \
 			|| echo "note: apt-get failed: the QA recipe's web-chat step will stop, and Chinese labels are drawn as boxes"; \
 	fi
-	$(BIN)/python recipes/run.py all
+	$(BIN)/python -m recipes all
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

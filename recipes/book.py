@@ -1,6 +1,6 @@
 """The recipes: the commands of each docs/recipes/ page and how their output becomes Markdown.
 
-Run them with `python recipes/run.py NAME|all` (see recipes/run.py).
+Run them with `python -m recipes NAME|all` (see recipes/__main__.py and recipes/driver.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from recipes.run import (
+from recipes.driver import (
     Recipe,
     RecipeError,
     Step,

@@ -1,4 +1,4 @@
-"""The recipes (docs/recipes/, recipes/run.py): pages list their commands, configs load, and the
+"""The recipes (docs/recipes/, python -m recipes): pages list their commands, configs load, and the
 driver turns printed output into the pages' result sections. Fast: nothing is trained."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from recipes import run as driver  # noqa: E402
+from recipes import __main__ as entry  # noqa: E402
+from recipes import driver  # noqa: E402
 from recipes.book import RECIPES  # noqa: E402
 from recipes.tools import lead_sentence, summary_prompt  # noqa: E402
 from scratchlm.config import load_run_config  # noqa: E402
@@ -179,9 +180,44 @@ def test_run_recipe_logs_and_times_steps_and_stops_at_a_failure(tmp_path, capsys
 
 
 def test_driver_cli_unknown_recipe_is_one_line(capsys):
-    assert driver.main(["nope"]) == 2
+    assert entry.main(["nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown recipe 'nope'" in err
+
+
+def test_a_failing_recipe_is_reported_in_one_line_and_the_rest_still_run(tmp_path, capsys):
+    """Issue 15: a RecipeError (or a driver bug) while rendering one recipe must not end the run."""
+    ok = driver.Step("hello", ["python", "-c", "print('done: step 3, train loss 1.0, val loss 2.0')"])
+
+    def broken_parse(outputs, timings):  # a render that cannot find its numbers
+        raise driver.RecipeError("no BLEU line in the evaluate output")
+
+    def driver_bug(outputs, timings):
+        return {}["missing"]
+
+    def fine(outputs, timings):
+        return "| ok |"
+
+    recipes = {}
+    for name, render in (("a", broken_parse), ("b", driver_bug), ("c", fine)):
+        (tmp_path / f"{name}.md").write_text("\n".join(driver.markers(name)) + "\n")
+        recipes[name] = driver.Recipe(name, f"{name}.md", name, [ok], render)
+    rc = entry.main(["all"], recipes=recipes, logs_root=tmp_path / "logs", root=tmp_path)
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "error: recipe a: no BLEU line" in captured.err
+    assert "error: recipe b: KeyError" in captured.err and "Traceback" not in captured.err
+    assert "KeyError" in (tmp_path / "logs" / "b" / "driver-error.txt").read_text()
+    assert "[c] rewrote c.md" in captured.out and "| ok |" in (tmp_path / "c.md").read_text()
+    assert "2 recipe(s) failed: a, b" in captured.err
+
+
+def test_python_m_recipes_lists_the_recipes():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "recipes", "--list"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert all(name in out for name in RECIPES)
 
 
 def test_tools_lead_sentence_and_prompt():
