@@ -111,6 +111,9 @@ class TrainConfig:
     # fsdp; batch_size is per process (global batch = batch_size x grad_accum x processes).
     strategy: str = "auto"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # Where metrics go: metrics.jsonl always (resume and loss.png read it), plus tensorboard
+    # (event files in RUN/tensorboard) when listed: [jsonl] or [jsonl, tensorboard].
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
     # Model selection and early stopping: which validation number picks best/ (val_loss is
     # lower-is-better; val_bleu and val_chrf, computed by seq2seq runs, higher-is-better),
     # and how many evaluations without improvement end the run (0: never stop early).
@@ -150,6 +153,9 @@ class TrainConfig:
             raise ScratchLMError("train.teacher_forcing_schedule must be linear or inverse_sigmoid")
         if self.strategy not in ("auto", "none", "ddp", "fsdp"):
             raise ScratchLMError(f"train.strategy must be auto, none, ddp or fsdp, got {self.strategy!r}")
+        if "jsonl" not in self.report_to or not set(self.report_to) <= {"jsonl", "tensorboard"}:
+            raise ScratchLMError(f"train.report_to must be [jsonl] or [jsonl, tensorboard] "
+                                 f"(metrics.jsonl is always written), got {self.report_to!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ScratchLMError(
                 f"train.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
@@ -256,6 +262,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ScratchLMError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is list:  # a YAML list, or comma-separated on the command line
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise ScratchLMError(f"{key} must be a list of names (a,b), got {value!r}")
+        return items
     want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
     if isinstance(value, str) and tp is not str:
         text = value.strip()
