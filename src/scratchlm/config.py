@@ -126,6 +126,9 @@ class TrainConfig:
     teacher_forcing_schedule: str = "linear"  # linear | inverse_sigmoid
     val_translate: int = 200  # valid pairs translated for val_bleu/val_chrf at each eval (0: off)
     val_beam: int = 1  # beam size of those translations (1: greedy)
+    # Continue training a model that exists (a model directory, HF directory or GGUF file):
+    # its weights, config and tokenizer; fresh optimizer and schedule (scratchlm.train.init_from).
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every",
@@ -394,8 +397,15 @@ def run_config_from_dict(
     named = set(data) | set(overrides or {})
     optional = {s: build_section(SECTIONS[s], merged[s], s) if s in named else None
                 for s in OPTIONAL_SECTIONS}
+    init_from = merged["train"].get("init_from")
+    if init_from:  # the model is the source's; the model section may only repeat or adjust it
+        from scratchlm.train.init_from import model_config
+
+        model = model_config(str(init_from), merged["model"])
+    else:
+        model = build_model_config(merged["model"])
     return RunConfig(
-        model=build_model_config(merged["model"]),
+        model=model,
         train=build_section(TrainConfig, merged["train"], "train"),
         data=build_section(DataConfig, merged["data"], "data"),
         **optional,

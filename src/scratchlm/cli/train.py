@@ -24,7 +24,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.eval.plot import plot_run
 from scratchlm.eval.translation import validator
 from scratchlm.registry import build_model, is_encoder_decoder
-from scratchlm.train import distributed
+from scratchlm.train import distributed, init_from
 from scratchlm.train.seq2seq import Seq2SeqLoss
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
@@ -79,6 +79,10 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
             )
         data = TokenData(cfg.data.dir)
         trainer_kwargs = {}
+    tokenizer = data.tokenizer()
+    if cfg.train.init_from:  # continued training: the data must speak the source's tokens
+        init_from.check_tokenizer(tokenizer, data_dir=cfg.data.dir, source=cfg.train.init_from)
+        tokenizer = init_from.load_source(cfg.train.init_from)[1]  # keeps its chat template
     if cfg.model.vocab_size == 0:
         cfg.model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size)
     elif cfg.model.vocab_size < data.vocab_size:
@@ -93,6 +97,9 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
     d.barrier()  # no rank looks at --out before it is cleared
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    if cfg.train.init_from and not args.resume:  # (a resumed run reads its own checkpoint)
+        init_from.load_into(model, cfg.train.init_from)
+        say(f"initialised from {cfg.train.init_from} (fresh optimizer and schedule)")
     m = cfg.model
     shape = ", ".join(f"{k} {getattr(m, k)}" for k in ("cell", "attention", "n_layer", "n_head",
                                                      "n_kv_head", "d_model")
@@ -108,7 +115,7 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
         trainer_kwargs["batches"] = lambda split, rng: data.batch(
             split, batch_size=cfg.train.batch_size, block_size=block, rng=rng,
             rank=d.rank, world=d.world)
-    trainer = Trainer(model=model, config=cfg, tokenizer=data.tokenizer(), out_dir=out, dist=d,
+    trainer = Trainer(model=model, config=cfg, tokenizer=tokenizer, out_dir=out, dist=d,
                       **trainer_kwargs)
     summary = trainer.fit(resume=args.resume)
     if not d.is_main:
