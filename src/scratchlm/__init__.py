@@ -8,6 +8,7 @@
 """
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.eval.score import score
 from scratchlm.generate import GenerationConfig, generate, generate_tokens
 from scratchlm.modeldir import load, save_model_dir
 from scratchlm.tokenizers import Tokenizer
@@ -22,4 +23,5 @@ __all__ = [
     "generate_tokens",
     "load",
     "save_model_dir",
+    "score",
 ]

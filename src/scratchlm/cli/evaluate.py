@@ -15,12 +15,19 @@ FILE.jsonl --metric rouge` reads an SFT file (prompt/completion, chat or Alpaca 
 outputs against the completions / last assistant turns; `--metric ppl` (the default) gives the
 teacher-forced loss of those spans, as fine-tuning's validation loss counts it. MODEL_DIR may
 be a LoRA adapter directory (its base model is loaded from the adapter's config).
+
+Log-likelihoods: `scratchlm evaluate MODEL_DIR --data FILE.jsonl --metric loglik` scores
+records {"text": ...} or {"context": ..., "continuation": ...} with `scratchlm.score` (what
+lm-eval's loglikelihood tasks and the server's `echo` + `logprobs` compute): the summed
+log-probability, tokens, perplexity and greedy share; `--hyps-out FILE.jsonl` writes each
+item's logprob, is_greedy, tokens and token_logprobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -30,6 +37,7 @@ from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.completion import check_fit, completion_loss, read_items, score_completions
 from scratchlm.eval.perplexity import evaluate_lm
+from scratchlm.eval.score import read_score_items, score
 from scratchlm.eval.translation import METRICS, score_pairs
 from scratchlm.fileio import atomic_file
 from scratchlm.generate.beam import BeamConfig
@@ -48,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="split to score (language models: val [default] or train; pairs: test "
                         "[default], valid or train)")
-    p.add_argument("--metric", action="append", choices=METRICS,
-                   help="repeatable; seq2seq default: bleu and chrf; language models: ppl")
+    p.add_argument("--metric", action="append", choices=(*METRICS, "loglik"),
+                   help="repeatable; seq2seq default: bleu and chrf; language models: ppl; "
+                        "loglik: log-likelihoods of text / context+continuation records")
     p.add_argument("--num-beams", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-sentences", type=int, default=None, help="score only the first N pairs/records")
     p.add_argument("--max-new-tokens", type=int, default=128, help="SFT records: tokens generated at most")
@@ -71,6 +80,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ScratchLMError("--max-sentences must be at least 1 (leave it out to score everything)")
     model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
+    if args.metric and "loglik" in args.metric:
+        return _loglik(args, model, tokenizer)
     if getattr(model, "is_encoder_decoder", False):
         return _seq2seq(args, model, tokenizer)
     if Path(args.data).suffix in (".jsonl", ".json") and not Path(args.data).is_dir():
@@ -146,6 +157,31 @@ def _completions(args: argparse.Namespace, model, tokenizer) -> int:
         results.update(scores)
     _write_outputs(args.hyps_out, "prompt", [(it.prompt, it.reference) for it in items], outputs)
     return _report(args, len(items), Path(args.data).name, results)
+
+
+def _loglik(args: argparse.Namespace, model, tokenizer) -> int:
+    if set(args.metric) != {"loglik"}:
+        raise ScratchLMError("--metric loglik scores its own records ({\"text\"} or "
+                             "{\"context\", \"continuation\"}); run the other metrics separately")
+    items = read_score_items(args.data, limit=args.max_sentences)
+    scores = score(model, tokenizer, items, batch_size=args.batch_size or 8)
+    n = sum(len(s.tokens) for s in scores)
+    total = sum(s.logprob for s in scores)
+    summary = {"items": len(scores), "tokens": n, "logprob": total,
+               "perplexity": math.exp(min(-total / max(n, 1), 50)),
+               "greedy": sum(s.is_greedy for s in scores) / len(scores)}
+    if args.hyps_out:
+        with atomic_file(args.hyps_out) as f:
+            for s in scores:
+                f.write(json.dumps({"logprob": s.logprob, "is_greedy": s.is_greedy,
+                                    "tokens": s.tokens, "token_logprobs": s.token_logprobs}) + "\n")
+    if args.json:
+        print(json.dumps({"loglik": summary}))
+    else:
+        print(f"{len(scores)} items ({Path(args.data).name}): log-likelihood {total:.4f} over "
+              f"{n:,} tokens, perplexity {summary['perplexity']:.3f}, greedy "
+              f"{summary['greedy']:.1%}")
+    return 0
 
 
 def _write_outputs(path: str | None, source: str, pairs: list[tuple[str, str]], outputs: list[str]) -> None:
