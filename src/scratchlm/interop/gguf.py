@@ -1,13 +1,17 @@
-"""GGUF files (llama.cpp's format) to and from scratchlm's llama family, with the `gguf` package.
+"""GGUF files (llama.cpp's format) to scratchlm models, with the `gguf` package.
 
     model, tokenizer = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
-    save_gguf("out.gguf", model, tokenizer, outtype="f16")
 
-Import reads Llama-architecture files (Llama 2/3, Mistral, SmolLM2, TinyLlama, ... as
-llama.cpp writes them), dequantising each tensor to float32 with `gguf`'s own
-`gguf.quants.dequantize`, for the types in `SUPPORTED_TYPES`. llama.cpp stores the q and k
-projections with their rows permuted for its interleaved RoPE; import undoes that (and export
-redoes it). Llama 3.1's RoPE scaling, which GGUF stores as a `rope_freqs` tensor of
+Export lives in `scratchlm.interop.gguf_write` (`save_gguf`); this module holds the reading
+side and the tensor-name tables both sides share.
+
+Import reads three of llama.cpp's architectures: "llama" (Llama 2/3, Mistral, SmolLM2,
+TinyLlama, ...) and "qwen2" (Qwen2, Qwen2.5: q/k/v biases) into the llama family, and "gpt2"
+into the gpt family. Each tensor is dequantised to float32 with `gguf`'s own
+`gguf.quants.dequantize`, for the types in `SUPPORTED_TYPES`. llama.cpp stores a "llama" file's
+q and k projections with their rows permuted for its interleaved RoPE; import undoes that (and
+export redoes it); "qwen2" uses the rotate-half RoPE that scratchlm uses, so nothing is
+permuted there. Llama 3.1's RoPE scaling, which GGUF stores as a `rope_freqs` tensor of
 per-frequency divisors, is recognised as `rope_type: llama3` when it matches that scheme.
 
 The tokenizer is rebuilt from the metadata into a Hugging Face `tokenizers` tokenizer:
@@ -29,30 +33,70 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 # token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# GGUF tensor name (per block: blk.N.<name>) -> ours
-_GLOBAL = {
+# GGUF tensor name -> ours, per architecture: (whole-model names, block prefix, per-block names
+# as blk.N.<name>). Names as llama.cpp's convert_hf_to_gguf.py writes them (gguf-py's
+# TENSOR_NAMES); biases are optional in "llama" (o, mlp) and "qwen2" (q, k, v).
+_LLAMA_GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_BLOCK = {
+_LLAMA_BLOCK = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.bias": "self_attn.o_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate.bias": "mlp.gate_proj.bias",
+    "ffn_up.bias": "mlp.up_proj.bias",
+    "ffn_down.bias": "mlp.down_proj.bias",
 }
+_GPT2_GLOBAL = {
+    "token_embd.weight": "transformer.wte.weight",
+    "position_embd.weight": "transformer.wpe.weight",
+    "output_norm.weight": "transformer.ln_f.weight",
+    "output_norm.bias": "transformer.ln_f.bias",
+}
+_GPT2_BLOCK = {  # our GPT-2 linears are nn.Linear (out, in): GGUF's order, nothing transposed
+    f"{g}.{kind}": f"{o}.{kind}"
+    for g, o in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
+                 ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj"))
+    for kind in ("weight", "bias")
+}
+_TABLES = {
+    "llama": (_LLAMA_GLOBAL, "model.layers.{}.", _LLAMA_BLOCK),
+    "qwen2": (_LLAMA_GLOBAL, "model.layers.{}.", _LLAMA_BLOCK),
+    "gpt2": (_GPT2_GLOBAL, "transformer.h.{}.", _GPT2_BLOCK),
+}
+
+
+def tensor_names(arch: str, n_layer: int) -> dict[str, str]:
+    """GGUF tensor name -> our state-dict key, for every tensor an `arch` file may hold."""
+    glob, prefix, block = _TABLES[arch]
+    names = dict(glob)
+    for i in range(n_layer):
+        names.update({f"blk.{i}.{g}": prefix.format(i) + o for g, o in block.items()})
+    return names
+
+
+def permuted(arch: str, name: str) -> bool:
+    """Whether a GGUF tensor is stored in llama.cpp's interleaved-RoPE row order."""
+    return arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k")
+
 
 # Pre-tokenizer split patterns for `tokenizer.ggml.pre` (llama.cpp's names); byte-level BPE.
 _LLAMA3_SPLIT = (
@@ -168,17 +212,33 @@ def _llama3_rope_from_freqs(factors: np.ndarray, head_dim: int, theta: float) ->
                          "Llama 3.1's scheme, the only one supported")
 
 
+def _gpt2_values(get, tensors: dict[str, Any]) -> dict[str, Any]:
+    if "output.weight" in tensors:
+        raise ScratchLMError("GPT-2 GGUFs with an output matrix apart from the token embeddings "
+                             "are not supported (scratchlm's GPT ties them)")
+    return {
+        "family": "gpt", "vocab_size": int(tensors["token_embd.weight"].shape[1]),
+        "n_layer": int(get("block_count")), "n_head": int(get("attention.head_count")),
+        "d_model": int(get("embedding_length")), "d_ff": int(get("feed_forward_length")),
+        "block_size": int(get("context_length")),
+        "norm_eps": float(get("attention.layer_norm_epsilon", 1e-5)),
+    }
+
+
 def _config_values(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ScratchLMError(
             f"GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)}: "
-            "Llama 2/3, Mistral, SmolLM2, TinyLlama and others llama.cpp writes as 'llama')"
+            "Llama 2/3, Mistral, SmolLM2, TinyLlama and others llama.cpp writes as 'llama'; "
+            "Qwen2/2.5; GPT-2)"
         )
 
     def get(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
 
+    if arch == "gpt2":
+        return {"arch": arch, **_gpt2_values(get, tensors)}
     n_head = int(get("attention.head_count"))
     d_model = int(get("embedding_length"))
     head_dim = int(get("attention.key_length", 0) or d_model // n_head)
@@ -196,12 +256,15 @@ def _config_values(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, A
         vocab = int(tensors["token_embd.weight"].shape[1])
     theta = float(get("rope.freq_base", 10000.0))
     values: dict[str, Any] = {
-        "family": "llama", "vocab_size": vocab, "n_layer": int(get("block_count")),
+        "arch": arch, "family": "llama", "vocab_size": vocab, "n_layer": int(get("block_count")),
         "n_head": n_head, "n_kv_head": int(n_kv), "d_model": d_model,
         "d_ff": int(get("feed_forward_length")), "block_size": int(get("context_length", 2048)),
         "norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)), "rope_theta": theta,
         "tie_embeddings": "output.weight" not in tensors,
         "attn_head_dim": head_dim if head_dim * n_head != d_model else None,
+        # Optional biases (Qwen2's q/k/v; o and MLP biases of some Llama exports).
+        "qkv_bias": "blk.0.attn_q.bias" in tensors, "o_bias": "blk.0.attn_output.bias" in tensors,
+        "mlp_bias": "blk.0.ffn_up.bias" in tensors,
     }
     scaling = get("rope.scaling.type")
     if scaling not in (None, "none", "linear"):
@@ -216,29 +279,25 @@ def _config_values(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, A
 
 
 def _state_dict(tensors: dict[str, Any], values: dict[str, Any]) -> dict[str, torch.Tensor]:
+    arch = values["arch"]
+    names = tensor_names(arch, values["n_layer"])
     state = {}
     unknown = []
     for name, t in tensors.items():
         if name == "rope_freqs.weight":
             continue
-        if name in _GLOBAL:
-            ours = _GLOBAL[name]
-        else:
-            parts = name.split(".", 2)
-            if len(parts) != 3 or parts[0] != "blk" or parts[2] not in _BLOCK:
-                unknown.append(name)
-                continue
-            ours = f"model.layers.{int(parts[1])}.{_BLOCK[parts[2]]}"
+        if name not in names:
+            unknown.append(name)
+            continue
         w = torch.from_numpy(dequantize(t))
-        if name.endswith("attn_q.weight"):
-            w = _unpermute(w, values["n_head"])
-        elif name.endswith("attn_k.weight"):
-            w = _unpermute(w, values["n_kv_head"])
-        state[ours] = w
+        if permuted(arch, name):
+            w = _unpermute(w, values["n_head"] if ".attn_q." in name else values["n_kv_head"])
+        state[names[name]] = w
     if unknown:
-        raise ScratchLMError(f"this GGUF has tensors a Llama model does not: {', '.join(unknown[:5])}")
-    if values["tie_embeddings"]:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        raise ScratchLMError(f"this GGUF has tensors a {arch} model does not: {', '.join(unknown[:5])}")
+    if values["family"] == "gpt" or values["tie_embeddings"]:
+        embedding = "transformer.wte.weight" if values["family"] == "gpt" else "model.embed_tokens.weight"
+        state["lm_head.weight"] = state[embedding]
     return state
 
 
@@ -345,7 +404,8 @@ def tokenizer_from_metadata(meta: dict[str, Any]):
 
 # ----------------------------------------------------------------------------- import
 def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
-    """Import a GGUF file: returns (llama-family model in eval mode, tokenizer)."""
+    """Import a GGUF file: returns (model in eval mode: llama family for "llama" and "qwen2"
+    files, gpt for "gpt2"; tokenizer)."""
     gguf = _require_gguf()
     from scratchlm.config import build_model_config
     from scratchlm.registry import build_model
@@ -366,12 +426,13 @@ def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
             f"(supported: {', '.join(SUPPORTED_TYPES)})"
         )
     values = _config_values(meta, tensors)
+    arch = values.pop("arch")
     tokenizer = tokenizer_from_metadata(meta)
     if tokenizer.vocab_size > values["vocab_size"]:
         raise ScratchLMError(f"{p.name}: the tokenizer has {tokenizer.vocab_size} tokens but the "
                              f"model only {values['vocab_size']}")
     config = build_model_config(values)
-    state = _state_dict(tensors, values)
+    state = _state_dict(tensors, {**values, "arch": arch})
     model = build_model(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -383,143 +444,6 @@ def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
                                  f"says {tuple(v.shape)}")
     model.load_state_dict(state)
     return model.eval(), tokenizer
-
-
-# ----------------------------------------------------------------------------- export
-def _pre_name(tokenizer) -> str:
-    import json
-
-    pre = json.loads(tokenizer.hf.to_str()).get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["ByteLevel"]:
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"]:
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"]:
-        pattern = steps[0].get("pattern", {}).get("Regex")
-        for name in ("llama-bpe", "qwen2"):
-            if pattern == _PRE_SPLITS[name]:
-                return name
-    raise ScratchLMError("GGUF export: the tokenizer's pre-tokenizer has no llama.cpp name "
-                         f"({' + '.join(str(k) for k in kinds)})")
-
-
-def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
-    import json
-
-    if tokenizer.kind != "bpe":
-        raise ScratchLMError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); this one "
-                             f"is {tokenizer.kind!r}")
-    spec = json.loads(tokenizer.hf.to_str())
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise ScratchLMError("GGUF export needs a BPE tokenizer")
-    id_to_token = {i: t for t, i in tokenizer.hf.get_vocab(with_added_tokens=True).items()}
-    added = tokenizer.hf.get_added_tokens_decoder()
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in id_to_token:
-            tokens.append(f"[PAD{i}]")
-            types.append(UNUSED)
-            continue
-        tokens.append(id_to_token[i])
-        if i in added:
-            types.append(CONTROL if added[i].special else USER_DEFINED)
-        else:
-            types.append(NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_name(tokenizer))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                      ("unk", writer.add_unk_token_id)):
-        i = getattr(tokenizer, f"{role}_id")
-        if i is not None:
-            add(i)
-    if tokenizer.special_tokens.get("pad") is not None:
-        writer.add_pad_token_id(tokenizer.pad_id)
-    writer.add_add_bos_token(False)
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
-
-
-def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, outtype: str = "f32",
-              name: str | None = None) -> Path:
-    """Write a llama-family model as a Llama-architecture GGUF file (norms stay float32;
-    matrices in `outtype`: f32, f16, bf16 or q8_0)."""
-    gguf = _require_gguf()
-    cfg = model.config
-    if cfg.family != "llama":
-        raise ScratchLMError(f"GGUF export supports the llama family, not {cfg.family!r}")
-    if cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias:
-        raise ScratchLMError("GGUF export does not support llama models with biases (Qwen2-style)")
-    if outtype not in OUTTYPES:
-        raise ScratchLMError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
-    Q = gguf.GGMLQuantizationType
-    qtype = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}[outtype]
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    writer.add_name(name or p.stem)
-    writer.add_context_length(cfg.block_size)
-    writer.add_embedding_length(cfg.d_model)
-    writer.add_block_count(cfg.n_layer)
-    writer.add_feed_forward_length(cfg.ffn_dim)
-    writer.add_head_count(cfg.n_head)
-    writer.add_head_count_kv(cfg.kv_heads)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    if cfg.head_dim * cfg.n_head != cfg.d_model:
-        writer.add_key_length(cfg.head_dim)
-        writer.add_value_length(cfg.head_dim)
-    writer.add_vocab_size(cfg.vocab_size)
-    writer.add_file_type(file_type)
-    if cfg.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(cfg.rope_factor)
-    _tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
-
-    ours_to_gguf = {v: k for k, v in _GLOBAL.items()}
-    for i in range(cfg.n_layer):
-        for k, v in _BLOCK.items():
-            ours_to_gguf[f"model.layers.{i}.{v}"] = f"blk.{i}.{k}"
-    state = model.state_dict()
-    if cfg.rope_type == "llama3":
-        from scratchlm.models.layers import rope_inv_freq
-
-        base = rope_inv_freq(cfg.head_dim, theta=cfg.rope_theta)
-        writer.add_tensor("rope_freqs.weight", (base / cfg.rope_inv_freq()).numpy().astype(np.float32))
-    for k, v in state.items():
-        if k == "lm_head.weight" and cfg.tie_embeddings:
-            continue
-        w = v.detach().to("cpu", torch.float32)
-        if k.endswith("q_proj.weight"):
-            w = _permute(w, cfg.n_head)
-        elif k.endswith("k_proj.weight"):
-            w = _permute(w, cfg.kv_heads)
-        arr = w.contiguous().numpy()
-        t = qtype if arr.ndim == 2 else Q.F32
-        if t == Q.Q8_0 and arr.shape[-1] % 32:
-            t = Q.F16
-        if t == Q.F32:
-            writer.add_tensor(ours_to_gguf[k], arr)
-        elif t == Q.F16:
-            writer.add_tensor(ours_to_gguf[k], arr.astype(np.float16))
-        else:
-            writer.add_tensor(ours_to_gguf[k], gguf.quants.quantize(arr, t), raw_dtype=t)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, p)
-    return p
 
 
 # ----------------------------------------------------------------------------- a real model

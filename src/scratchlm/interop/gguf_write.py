@@ -1,0 +1,238 @@
+"""Export scratchlm decoders as GGUF files that llama.cpp (and so ollama) load.
+
+    save_gguf("model.Q8_0.gguf", model, tokenizer, outtype="q8_0")
+
+The GGUF architecture follows the model, with tensor names and metadata keys as llama.cpp's
+convert_hf_to_gguf.py writes them:
+- gpt family -> "gpt2" (learned positions, LayerNorm with biases, fused q/k/v);
+- llama family with q/k/v biases only -> "qwen2" (llama.cpp's rotate-half RoPE: rows as ours);
+- any other llama-family model -> "llama" (q/k rows permuted for llama.cpp's interleaved RoPE;
+  o and MLP biases are optional tensors there).
+
+Types (`OUTTYPES`): norms, biases, position embeddings and RoPE factors stay float32, as
+llama.cpp's own converter keeps them; matrices are f32, f16, bf16, q8_0 or q4_0, quantised by the
+`gguf` package (the reference implementation of ggml's block formats). In q4_0 the output
+matrix (the token embeddings when tied) is q8_0: llama.cpp's llama-quantize also keeps it at
+higher precision (Q6_K, which `gguf` cannot write), since 4-bit logits cost the most quality. A
+matrix whose rows are not a multiple of the 32-value block is written f16.
+
+K-quants (Q4_K_M, ...) are llama.cpp's own: `llama-quantize model.f16.gguf out.gguf Q4_K_M`
+makes them from our f16 export. Asking for one here is refused with that command.
+
+The tokenizer goes in as llama.cpp's "gpt2" model (byte-level BPE with merges) and the
+`tokenizer.ggml.pre` name whose split regex equals ours, so llama.cpp tokenizes as we do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.interop.gguf import (
+    _PRE_SPLITS,
+    CONTROL,
+    NORMAL,
+    UNUSED,
+    USER_DEFINED,
+    _permute,
+    _require_gguf,
+    permuted,
+    tensor_names,
+)
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+BLOCK = 32  # values per q8_0 / q4_0 block
+
+
+def check_outtype(outtype: str) -> str:
+    """The outtype, lower case, or one line saying why it cannot be written and what to do."""
+    t = outtype.lower()
+    if t in OUTTYPES:
+        return t
+    gguf = _require_gguf()
+    known = {n.removeprefix("MOSTLY_").lower() for n in gguf.LlamaFileType.__members__}
+    if t in known:
+        up = t.upper()
+        raise ScratchLMError(
+            f"GGUF type {up} is not one scratchlm writes ({', '.join(OUTTYPES)}); make it with "
+            f"llama.cpp from an f16 export: llama-quantize MODEL.f16.gguf MODEL.{up}.gguf {up}")
+    raise ScratchLMError(f"GGUF type {outtype!r} is unknown to llama.cpp; scratchlm writes "
+                         f"{', '.join(OUTTYPES)}")
+
+
+def gguf_architecture(cfg: Any) -> str:
+    """llama.cpp's architecture for a model config (see the module docstring), or one line."""
+    if cfg.family == "gpt":
+        return "gpt2"
+    if cfg.family != "llama":
+        raise ScratchLMError(f"GGUF export supports the gpt and llama families (llama.cpp's gpt2, "
+                             f"llama and qwen2), not {cfg.family!r}")
+    if cfg.qkv_bias and not (cfg.o_bias or cfg.mlp_bias) and cfg.rope_type != "llama3":
+        return "qwen2"
+    return "llama"
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def _pre_name(tokenizer) -> str:
+    """llama.cpp's name (llama-vocab.cpp) for the tokenizer's pre-tokenizer."""
+    pre = json.loads(tokenizer.hf.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"]:
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"]:
+        pattern = steps[0].get("pattern", {}).get("Regex")
+        for name in ("llama-bpe", "qwen2"):
+            if pattern == _PRE_SPLITS[name]:
+                return name
+    raise ScratchLMError("GGUF export: the tokenizer's pre-tokenizer has no llama.cpp name "
+                         f"({' + '.join(str(k) for k in kinds)})")
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
+    if tokenizer.kind != "bpe":
+        raise ScratchLMError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); this one "
+                             f"is {tokenizer.kind!r} (prepare with --tokenizer bpe)")
+    spec = json.loads(tokenizer.hf.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ScratchLMError("GGUF export needs a BPE tokenizer")
+    pre = _pre_name(tokenizer)
+    id_to_token = {i: t for t, i in tokenizer.hf.get_vocab(with_added_tokens=True).items()}
+    added = tokenizer.hf.get_added_tokens_decoder()
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in id_to_token:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+            continue
+        tokens.append(id_to_token[i])
+        if i in added:
+            types.append(CONTROL if added[i].special else USER_DEFINED)
+        else:
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                      ("unk", writer.add_unk_token_id)):
+        i = getattr(tokenizer, f"{role}_id")
+        if i is not None:
+            add(i)
+    if tokenizer.special_tokens.get("pad") is not None:
+        writer.add_pad_token_id(tokenizer.pad_id)
+    writer.add_add_bos_token(False)  # scratchlm does not prepend BOS to a prompt
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+def _hyperparameters(writer, cfg: Any, arch: str) -> None:
+    gguf = _require_gguf()
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.ffn_dim)
+    writer.add_head_count(cfg.n_head)
+    writer.add_vocab_size(cfg.vocab_size)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(cfg.norm_eps)
+        return
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim * cfg.n_head != cfg.d_model:
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+    if cfg.rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_factor)
+
+
+def _tensor_type(name: str, arr: np.ndarray, outtype: str, tied: bool):
+    """The GGML type one tensor is written in (see the module docstring)."""
+    Q = _require_gguf().GGMLQuantizationType
+    if arr.ndim == 1 or name in ("position_embd.weight", "rope_freqs.weight") or outtype == "f32":
+        return Q.F32
+    if outtype == "q4_0" and (name == "output.weight" or (tied and name == "token_embd.weight")):
+        outtype = "q8_0"
+    t = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[outtype]
+    if t in (Q.Q8_0, Q.Q4_0) and arr.shape[-1] % BLOCK:
+        return Q.F16
+    return t
+
+
+def _add_tensor(writer, name: str, arr: np.ndarray, qtype) -> None:
+    gguf = _require_gguf()
+    Q = gguf.GGMLQuantizationType
+    if qtype == Q.F32:
+        writer.add_tensor(name, arr)
+    elif qtype == Q.F16:
+        writer.add_tensor(name, arr.astype(np.float16))
+    else:  # bf16 and the block formats: gguf's reference encoders, raw bytes
+        writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+
+
+# ----------------------------------------------------------------------------- export
+def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, outtype: str = "f32",
+              name: str | None = None) -> Path:
+    """Write a gpt- or llama-family model as a GGUF file llama.cpp loads (see the module
+    docstring for the architecture and types). Nothing is left at `path` if anything fails."""
+    from scratchlm.fileio import current_umask, temp_path
+
+    gguf = _require_gguf()
+    outtype = check_outtype(outtype)
+    cfg = model.config
+    arch = gguf_architecture(cfg)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
+    p = Path(path)
+    tmp = temp_path(p)
+    try:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_name(name or p.stem)
+        writer.add_file_type(file_type)
+        _hyperparameters(writer, cfg, arch)
+        _tokenizer_metadata(writer, tokenizer, cfg.vocab_size)
+        tied = arch == "gpt2" or cfg.tie_embeddings
+        ours_to_gguf = {v: k for k, v in tensor_names(arch, cfg.n_layer).items()}
+        if arch == "llama" and cfg.rope_type == "llama3":
+            from scratchlm.models.layers import rope_inv_freq
+
+            base = rope_inv_freq(cfg.head_dim, theta=cfg.rope_theta)
+            factors = (base / cfg.rope_inv_freq()).numpy().astype(np.float32)
+            writer.add_tensor("rope_freqs.weight", factors)
+        for k, v in model.state_dict().items():
+            if k == "lm_head.weight" and tied:
+                continue
+            gname = ours_to_gguf[k]
+            w = v.detach().to("cpu", torch.float32)
+            if permuted(arch, gname):
+                w = _permute(w, cfg.n_head if ".attn_q." in gname else cfg.kv_heads)
+            arr = w.contiguous().numpy()
+            _add_tensor(writer, gname, arr, _tensor_type(gname, arr, outtype, tied))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it owner-only
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return p
