@@ -1,0 +1,151 @@
+"""GGUF export for every architecture scratchlm writes (llama.cpp's llama, qwen2, gpt2) without
+llama.cpp itself (tests/interop/test_llamacpp.py runs it): tensor names are those gguf-py lists
+for the architecture, types are as documented, import gives back the same model, transformers'
+own GGUF loader reads our qwen2 file as the Qwen2 model it came from, and what cannot be written
+is refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scratchlm
+from scratchlm.config import run_config_from_dict
+from scratchlm.errors import ScratchLMError
+from scratchlm.interop import gguf_write
+from scratchlm.interop.gguf import load_gguf, read_metadata
+from scratchlm.registry import build_model
+from scratchlm.tokenizers.tokenizer import train_tokenizer
+from tests.cli.test_cli import assert_clean_error, cli
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+
+# GGUF architecture -> model config: llama with GQA, qwen2 (q/k/v biases, tied), gpt.
+SHAPES = {
+    "llama": {"family": "llama", "n_kv_head": 2},
+    "qwen2": {"family": "llama", "n_kv_head": 2, "qkv_bias": True, "tie_embeddings": True},
+    "gpt2": {"family": "gpt"},
+}
+
+
+@pytest.fixture(scope="module")
+def bpe(corpus):
+    text = (corpus / "a.txt").read_text(encoding="utf-8")
+    return train_tokenizer(kind="bpe", texts=[text], vocab_size=400)
+
+
+def _model(arch: str, vocab: int, seed: int = 0):
+    values = {**SHAPES[arch], "n_layer": 2, "n_head": 4, "d_model": 64, "block_size": 64,
+              "vocab_size": vocab, "init_std": 0.2}
+    torch.manual_seed(seed)
+    model = build_model(run_config_from_dict({"model": values}).model).eval()
+    with torch.no_grad():  # non-zero biases and norms, so that a misplaced one shows
+        for k, v in model.named_parameters():
+            if k.endswith("bias") or "norm" in k or "ln_" in k:
+                v.add_(torch.randn_like(v) * 0.1)
+    return model
+
+
+def _names(arch: str, n_layer: int) -> set[str]:
+    """Every tensor name gguf-py (llama.cpp's own Python package) allows for `arch`."""
+    a = next(m for m, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    return {gguf.TENSOR_NAMES[t].format(bid=i) + suffix for t in gguf.MODEL_TENSORS[a]
+            for i in range(n_layer) for suffix in (".weight", ".bias")}
+
+
+@pytest.mark.parametrize("arch", list(SHAPES))
+def test_every_architecture_round_trips(arch, bpe, tmp_path):
+    model = _model(arch, bpe.vocab_size)
+    assert gguf_write.gguf_architecture(model.config) == arch
+    path = gguf_write.save_gguf(tmp_path / "m.gguf", model, bpe, outtype="f32")
+    reader = gguf.GGUFReader(str(path))
+    meta = read_metadata(reader)
+    assert meta["general.architecture"] == arch
+    assert meta["tokenizer.ggml.pre"] == "gpt-2"  # the name llama.cpp's vocab loader knows
+    names = {t.name for t in reader.tensors}
+    assert names <= _names(arch, 2), names - _names(arch, 2)
+    if arch == "qwen2":
+        assert {"blk.0.attn_q.bias", "blk.1.attn_v.bias"} <= names and "output.weight" not in names
+    back, tok = load_gguf(path)
+    assert back.config.family == model.config.family
+    if arch != "gpt2":
+        assert back.config.qkv_bias == model.config.qkv_bias
+        assert back.config.tie_embeddings == model.config.tie_embeddings
+    x = torch.randint(0, bpe.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert (back(x) - model(x)).abs().max().item() < 1e-5
+    text = "ROMEO: What, ho! 12345 apothecary!\n\n  Thou  art"
+    assert tok.encode(text) == bpe.encode(text)
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+def test_quantised_types(outtype, bpe, tmp_path):
+    model = _model("llama", bpe.vocab_size)  # untied: output.weight is its own matrix
+    path = gguf_write.save_gguf(tmp_path / "m.gguf", model, bpe, outtype=outtype)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
+    want = Q.Q8_0 if outtype == "q8_0" else Q.Q4_0
+    assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == want
+    assert types["token_embd.weight"] == want
+    assert types["output.weight"] == Q.Q8_0  # q4_0 keeps the output matrix at 8 bits
+    assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == Q.F32
+    gpt = _model("gpt2", bpe.vocab_size)
+    path = gguf_write.save_gguf(tmp_path / "g.gguf", gpt, bpe, outtype=outtype)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["position_embd.weight"] == types["blk.0.attn_qkv.bias"] == Q.F32
+    assert types["blk.0.attn_qkv.weight"] == want
+    assert types["token_embd.weight"] == (Q.Q8_0 if outtype == "q4_0" else want)  # tied output
+
+
+def test_qwen2_export_is_what_transformers_reads_as_qwen2(bpe, tmp_path):
+    """A transformers Qwen2 model -> scratchlm -> our qwen2 GGUF -> transformers' GGUF loader:
+    the same logits (transformers maps GGUF names and RoPE order independently of us)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = transformers.Qwen2Config(vocab_size=bpe.vocab_size, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True, initializer_range=0.2)
+    torch.manual_seed(0)
+    ref = transformers.Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in ref.model.layers:  # Qwen2's q/k/v biases: non-zero
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.2)
+    hf = tmp_path / "hf"
+    ref.save_pretrained(hf)
+    PreTrainedTokenizerFast(tokenizer_object=bpe.hf).save_pretrained(hf)
+    model, tok = scratchlm.load(hf)
+    assert gguf_write.gguf_architecture(model.config) == "qwen2"
+    gguf_write.save_gguf(tmp_path / "q.gguf", model, tok, outtype="f32")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf").eval()
+    assert type(theirs).__name__ == "Qwen2ForCausalLM"
+    back, _ = scratchlm.load(tmp_path / "q.gguf")
+    x = torch.randint(0, bpe.vocab_size, (2, 20))
+    with torch.no_grad():
+        want = ref(x).logits
+        assert (theirs(x).logits - want).abs().max().item() < 1e-4
+        assert (back(x) - want).abs().max().item() < 1e-4
+
+
+def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
+    model = _model("llama", bpe.vocab_size)
+    src = tmp_path / "model"
+    scratchlm.save_model_dir(src, model, bpe)
+    dst = tmp_path / "out.gguf"
+    proc = cli("convert", src, dst, "--outtype", "q4_k_m", check=False)
+    assert_clean_error(proc, "llama-quantize MODEL.f16.gguf MODEL.Q4_K_M.gguf Q4_K_M")
+    proc = cli("convert", src, dst, "--outtype", "q3_x", check=False)
+    assert_clean_error(proc, "unknown to llama.cpp")
+    char = train_tokenizer(kind="char", texts=["abc"])
+    scratchlm.save_model_dir(tmp_path / "char", _model("llama", char.vocab_size), char)
+    proc = cli("convert", tmp_path / "char", dst, "--outtype", "q8_0", check=False)
+    assert_clean_error(proc, "needs a byte-level BPE tokenizer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["char", "model"]  # nothing written
+    with pytest.raises(ScratchLMError, match="gpt and llama families"):
+        gguf_write.gguf_architecture(build_model(run_config_from_dict(
+            {"model": {"family": "rnn", "vocab_size": 10}}).model).config)
+    out = cli("convert", src, dst, "--outtype", "Q4_0")  # llama.cpp's spelling works too
+    assert "llama.cpp architecture llama, q4_0" in out.stdout
+    assert read_metadata(gguf.GGUFReader(str(dst)))["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
