@@ -57,7 +57,8 @@ def test_read_tsv_jsonl_and_two_files(tmp_path):
     ("p.jsonl", '{"src": "a", "tgt": "b"}\n\n{"src": "a", tgt}\n', r"p.jsonl:3: not valid JSON"),
     ("p.jsonl", '{"src": "a", "tgt": "b"}\n{"src": "a"}\n', r'p.jsonl:2: expected an object with string fields "src" and "tgt"'),
     ("p.jsonl", '["a", "b"]\n', r"p.jsonl:1: expected an object"),
-    ("p.csv", "a,b\n", r"cannot tell the format of .*p.csv.* name it .tsv"),
+    ("p.txt", "a,b\n", r"cannot tell the format of .*p.txt.* name it .tsv"),
+    ("p.csv", "a,b\nc,d\n", r"p.csv has no column 'src' \(columns: a, b\); name the right one with --src-field"),
 ])
 def test_malformed_files_name_the_line(tmp_path, name, content, needle):
     (tmp_path / name).write_text(content, encoding="utf-8")
@@ -262,7 +263,7 @@ def test_existing_tokenizer_and_errors(pair_dir, tmp_path):
     meta = prepare_pairs({"train": pairs[:20], "valid": pairs[20:25]}, out=tmp_path / "d",
                          tokenizer=str(out / "tokenizer"), show_progress=False)
     assert meta["vocab_size"] == PairData(out).vocab_size
-    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe' nor a tokenizer directory"):
+    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer or model directory"):
         prepare_pairs({"train": pairs}, out=tmp_path / "e", tokenizer="nope", show_progress=False)
     with pytest.raises(ScratchLMError, match="the valid split is empty"):
         prepare_pairs({"train": pairs, "valid": []}, out=tmp_path / "e", show_progress=False)

@@ -5,10 +5,13 @@
     scratchlm prepare pairs.tsv --format pairs --out data/mine --max-len 128
     scratchlm prepare --src-file train.en --tgt-file train.fr --out data/mine
 
-Inputs: TSV (src<TAB>tgt, a pair a line), JSONL (a {"src": ..., "tgt": ...} object a line),
-two line-aligned text files, or a dataset directory holding train/valid[/test] as .tsv or
-.jsonl (what `scratchlm datasets get libreoffice-en-fr` writes). Without a valid split, a
-fixed `valid_fraction` of the distinct source sentences (by sha256) is held out.
+Inputs: TSV (src<TAB>tgt, a pair a line; or a header row naming the two columns), any record
+file of data/readers.py whose `src_field`/`tgt_field` hold the pair (.jsonl, .json, .parquet,
+.csv, .arrow, compressed or not), a Hugging Face `datasets` directory (a DatasetDict's
+train/validation/test are the splits), two line-aligned text files, or a dataset directory
+holding train/valid[/test] files (what `scratchlm datasets get libreoffice-en-fr` writes).
+Without a valid split, a fixed `valid_fraction` of the distinct source sentences (by sha256)
+is held out.
 
 A pairs data directory holds
     meta.json                  kind "pairs", dtype, vocab size, counts and max lengths per split
@@ -23,7 +26,6 @@ Every batch follows one convention (`collate`): the source gets <|eos|> at its e
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,18 +35,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scratchlm.data import readers
 from scratchlm.data.libreoffice import split_pairs
-from scratchlm.data.text import check_text_file
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, atomic_file, read_json, write_json
-from scratchlm.tokenizers import Tokenizer, train_tokenizer
+from scratchlm.fileio import atomic_dir, atomic_file, inside_dir, read_json, write_json
+from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
 Pair = tuple[str, str]
 PairSource = str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike] | Mapping[str, Sequence[Pair]]
 EMPTY_POLICIES = ("skip", "refuse")
 LONG_POLICIES = ("truncate", "skip", "refuse")
-FORMATS = {".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
+BAD_POLICIES = readers.BAD_POLICIES
+SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val", "dev"), "test": ("test",)}
+# Files a pairs dataset directory may hold a split in, in order of preference.
+SPLIT_EXTS = (".tsv", ".jsonl", ".json", ".parquet", ".csv", ".tsv.gz", ".jsonl.gz", ".jsonl.zst")
 IGNORE_INDEX = -100  # labels at padding: ignored by cross_entropy
 BUCKET_BATCHES = 10  # a length bucket holds this many batches' worth of pairs
 CHUNK_PAIRS = 4096  # encode this many sentences at a time
@@ -88,12 +92,15 @@ class PairSet:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) with only '\\n' (and a '\\r' before it) as the line break."""
+    """(line number, line) with only '\\n' (and a '\\r' before it) as the line break; the file
+    may be compressed (.gz, .xz, .zst)."""
     if not path.is_file():
         raise ScratchLMError(f"input {path} does not exist")
-    check_text_file(path)
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
+    src = readers.source_of(path)
+    with readers.open_stream(src) as (stream, _):
+        if b"\x00" in stream.peek(8192)[:8192]:
+            raise ScratchLMError(f"{path} looks like a binary file (it contains NUL bytes); give text files")
+        for n, raw in enumerate(stream, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -102,10 +109,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def pair_format(path: str | os.PathLike) -> str:
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
+    fmt = readers.source_of(path).fmt
+    if fmt == "text":
         raise ScratchLMError(f"cannot tell the format of {path} from its extension; name it .tsv "
-                             f'(src<TAB>tgt a line) or .jsonl ({{"src": ..., "tgt": ...}} a line)')
+                             f'(src<TAB>tgt a line), .jsonl ({{"src": ..., "tgt": ...}} a line), '
+                             f".parquet, .csv or .arrow")
     return fmt
 
 
@@ -114,34 +122,50 @@ def _check_policy(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ScratchLMError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def read_pairs(path: str | os.PathLike, *, on_empty: str = "skip") -> PairSet:
-    """Pairs from a .tsv (src<TAB>tgt) or .jsonl ({"src": ..., "tgt": ...}) file."""
+def read_pairs(path: str | os.PathLike, *, on_empty: str = "skip", src_field: str = "src",
+               tgt_field: str = "tgt", on_bad: str = "refuse") -> PairSet:
+    """Pairs from a .tsv file (src<TAB>tgt, or a header row naming `src_field` and
+    `tgt_field`) or a record file / datasets directory whose two fields hold them."""
     _check_policy("on-empty", on_empty, EMPTY_POLICIES)
+    bad = readers.BadRows(on_bad)
     path = Path(path)
-    fmt = pair_format(path)
+    fmt = "hf" if path.is_dir() else pair_format(path)
     out = PairSet([], str(path))
+    if fmt == "tsv":
+        _read_tsv(path, out, src_field=src_field, tgt_field=tgt_field, on_empty=on_empty, bad=bad)
+    else:
+        fields = [src_field, tgt_field]
+        for row in readers.iter_rows(readers.source_of(path), columns=fields):
+            if row.error is None and not all(isinstance(row.value.get(f), str) for f in fields):
+                row.error = (f'expected an object with string fields "{src_field}" and "{tgt_field}", '
+                             f"got {str(row.value)[:60]!r}; --src-field/--tgt-field name other fields")
+            if row.error is not None:
+                bad(row.where, row.error)
+                continue
+            out.add(row.value[src_field], row.value[tgt_field], where=row.where, on_empty=on_empty)
+    bad.report()
+    return out.report()
+
+
+def _read_tsv(path: Path, out: PairSet, *, src_field: str, tgt_field: str, on_empty: str,
+              bad: readers.BadRows) -> None:
+    cols, width = (0, 1), 2
     for n, line in _lines(path):
         where = f"{path}:{n}"
         if not line.strip():
             out.add("", "", where=where, on_empty=on_empty)
-        elif fmt == "tsv":
-            cols = line.split("\t")
-            if len(cols) != 2:
-                raise ScratchLMError(f"{where}: expected 2 tab-separated columns (src<TAB>tgt), "
-                                     f"found {len(cols)}; write one pair a line")
-            out.add(*cols, where=where, on_empty=on_empty)
+            continue
+        values = line.split("\t")
+        if n == 1 and src_field in values and tgt_field in values:  # a header row
+            cols, width = (values.index(src_field), values.index(tgt_field)), -len(values)
+            continue
+        if width == 2 and len(values) != 2:
+            bad(where, f"expected 2 tab-separated columns (src<TAB>tgt), found {len(values)}; "
+                       f"write one pair a line")
+        elif width < 0 and len(values) != -width:
+            bad(where, f"{len(values)} columns where the header has {-width}")
         else:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScratchLMError(f'{where}: not valid JSON ({e.msg}); write one {{"src": ..., '
-                                     f'"tgt": ...}} object a line') from None
-            if not (isinstance(obj, dict) and isinstance(obj.get("src"), str)
-                    and isinstance(obj.get("tgt"), str)):
-                raise ScratchLMError(f'{where}: expected an object with string fields "src" and '
-                                     f'"tgt", got {line[:60]!r}')
-            out.add(obj["src"], obj["tgt"], where=where, on_empty=on_empty)
-    return out.report()
+            out.add(values[cols[0]], values[cols[1]], where=where, on_empty=on_empty)
 
 
 def read_pair_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike, *,
@@ -162,9 +186,11 @@ def read_pair_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike, *,
 
 
 def is_pairs_dataset(path: str | os.PathLike) -> bool:
-    """A raw pairs dataset directory: it holds train.tsv or train.jsonl."""
+    """A raw pairs dataset directory: it holds a train file (train.tsv, train.jsonl, ...: see
+    SPLIT_EXTS) or is a Hugging Face DatasetDict with a train split."""
     p = Path(path)
-    return p.is_dir() and any((p / f"train{ext}").is_file() for ext in (".tsv", ".jsonl"))
+    return p.is_dir() and (any((p / f"train{ext}").is_file() for ext in SPLIT_EXTS)
+                           or "train" in readers.hf_splits(p))
 
 
 def is_pairs_dir(path: str | os.PathLike) -> bool:
@@ -178,10 +204,12 @@ def is_pairs_dir(path: str | os.PathLike) -> bool:
     return is_pairs_dataset(path)
 
 
-def load_splits(data: PairSource, *, valid_fraction: float = 0.1,
-                on_empty: str = "skip") -> dict[str, PairSet]:
+def load_splits(data: PairSource, *, valid_fraction: float = 0.1, on_empty: str = "skip",
+                src_field: str = "src", tgt_field: str = "tgt", on_bad: str = "refuse",
+                ) -> dict[str, PairSet]:
     """{"train", "valid"[, "test"]: PairSet} from a file, a dataset directory, a
     (src_file, tgt_file) tuple, or a mapping of split -> pairs already in memory."""
+    read = {"on_empty": on_empty, "src_field": src_field, "tgt_field": tgt_field, "on_bad": on_bad}
     if isinstance(data, Mapping):
         splits = {}
         for split, pairs in data.items():
@@ -191,19 +219,31 @@ def load_splits(data: PairSource, *, valid_fraction: float = 0.1,
             splits[split].report()
     elif isinstance(data, tuple):
         splits = {"train": read_pair_files(*data, on_empty=on_empty)}
+    elif Path(data).is_dir() and readers.is_hf_dataset(Path(data)):
+        d = Path(data)
+        names = readers.hf_splits(d)
+        if not names:  # a single Dataset: train only
+            splits = {"train": read_pairs(d, **read)}
+        else:
+            splits = {}
+            for split, aliases in SPLIT_NAMES.items():
+                found = [n for n in aliases if n in names]
+                if found:
+                    splits[split] = read_pairs(d / found[0], **read)
     elif Path(data).is_dir():
         d = Path(data)
         if not is_pairs_dataset(d):
             raise ScratchLMError(f"{d} holds no train.tsv or train.jsonl; a pairs dataset directory "
-                                 f"has train, valid and optionally test as .tsv or .jsonl")
+                                 f"has train, valid and optionally test as .tsv, .jsonl, .parquet "
+                                 f"or .csv")
         splits = {}
         for split, names in SPLIT_NAMES.items():
-            found = [d / f"{n}{ext}" for n in names for ext in (".tsv", ".jsonl")
+            found = [d / f"{n}{ext}" for n in names for ext in SPLIT_EXTS
                      if (d / f"{n}{ext}").is_file()]
             if found:
-                splits[split] = read_pairs(found[0], on_empty=on_empty)
+                splits[split] = read_pairs(found[0], **read)
     else:
-        splits = {"train": read_pairs(data, on_empty=on_empty)}
+        splits = {"train": read_pairs(data, **read)}
     unknown = set(splits) - set(SPLIT_NAMES)
     if unknown or "train" not in splits:
         raise ScratchLMError(f"pair splits must be train, valid and test; got {', '.join(splits)}")
@@ -239,9 +279,7 @@ def _resolve_tokenizer(spec: str | Tokenizer, *, train: list[Pair], vocab_size: 
 
         return train_tokenizer(kind=spec, texts=chunks(), vocab_size=vocab_size,
                                show_progress=show_progress)
-    if not Path(spec).is_dir():
-        raise ScratchLMError(f"--tokenizer {spec!r} is neither 'char', 'bpe' nor a tokenizer directory")
-    return Tokenizer.load(spec)
+    return load_tokenizer(spec)
 
 
 def _encode(tok: Tokenizer, split: str, pairs: list[Pair], *, max_len: int | None,
@@ -302,6 +340,9 @@ def prepare_pairs(
     valid_fraction: float = 0.1,
     src_lang: str | None = None,
     tgt_lang: str | None = None,
+    src_field: str = "src",
+    tgt_field: str = "tgt",
+    on_bad: str = "refuse",
     show_progress: bool = True,
 ) -> dict:
     """Tokenize pairs into the data directory `out`; returns the metadata written.
@@ -313,7 +354,8 @@ def prepare_pairs(
     _check_policy("on-long", on_long, LONG_POLICIES)
     if max_len is not None and max_len < 2:
         raise ScratchLMError(f"--max-len must be at least 2 (one token and <|eos|>), got {max_len}")
-    splits = load_splits(data, valid_fraction=valid_fraction, on_empty=on_empty)
+    splits = load_splits(data, valid_fraction=valid_fraction, on_empty=on_empty,
+                         src_field=src_field, tgt_field=tgt_field, on_bad=on_bad)
     dataset_meta = Path(data) / "meta.json" if isinstance(data, (str, os.PathLike)) else None
     if dataset_meta is not None and dataset_meta.is_file():
         found = read_json(dataset_meta)
@@ -430,7 +472,7 @@ class PairData:
                                  f"pairs with `scratchlm prepare PAIRS.tsv --format pairs --out DIR`")
         self.bucket_batches = bucket_batches
         self.dtype = np.dtype(self.meta["dtype"])
-        self._tok = Tokenizer.load(d / self.meta["tokenizer"])
+        self._tok = Tokenizer.load(inside_dir(d, self.meta.get("tokenizer"), source=str(meta_path)))
         self._ids: dict[str, dict[str, tuple[np.memmap, np.ndarray]]] = {}
         for split, c in self.meta["splits"].items():
             self._ids[split] = {side: self._load(split, side, c[f"{side}_tokens"], c["pairs"])

@@ -5,6 +5,11 @@
     ids = tok.encode("我喜欢吃苹果"); assert tok.decode(ids) == "我喜欢吃苹果"
 """
 
-from scratchlm.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from scratchlm.tokenizers.tokenizer import (
+    SPECIAL_TOKENS,
+    Tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 
-__all__ = ["SPECIAL_TOKENS", "Tokenizer", "train_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "Tokenizer", "load_tokenizer", "train_tokenizer"]

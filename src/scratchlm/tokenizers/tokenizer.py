@@ -51,7 +51,7 @@ class Tokenizer:
     ) -> None:
         self.hf = hf
         self.kind = kind
-        self._char_table: tuple | None = None  # built on first use by _encode_chars
+        self._char_table: tuple | None = None  # built on first use by _char_ids
         roles = dict(DEFAULT_ROLES) if special_tokens is None else {r: special_tokens.get(r) for r in ROLES}
         self.special_tokens = roles
         self.chat_template = chat_template
@@ -70,14 +70,20 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        ids = self._encode_chars(text) if self.kind == "char" else None
-        if ids is None:
-            ids = self.hf.encode(text, add_special_tokens=False).ids
+        ids = self._char_ids(text) if self.kind == "char" else None
+        ids = ids.tolist() if ids is not None else self.hf.encode(text, add_special_tokens=False).ids
         if add_bos and self.bos_id is None:
             raise ScratchLMError("this tokenizer has no bos token to add")
         return [self.bos_id, *ids] if add_bos else ids
 
-    def _encode_chars(self, text: str) -> list[int] | None:
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode(text)` as an integer array (the char kind never builds a Python list)."""
+        ids = self._char_ids(text) if self.kind == "char" else None
+        if ids is None:
+            ids = np.array(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return ids
+
+    def _char_ids(self, text: str) -> np.ndarray | None:
         """The char tokenizer as a table lookup over code points (what HF's BPE model with no
         merges and byte fallback computes, ~100x faster on long text); None where HF's path
         must run (text containing a special token's string, or not encodable)."""
@@ -86,7 +92,7 @@ class Tokenizer:
                 return None
             vocab = self.hf.get_vocab(with_added_tokens=False)
             chars = {ord(t): i for t, i in vocab.items() if len(t) == 1}
-            table = np.full(max(chars, default=0) + 1, -1, dtype=np.int64)
+            table = np.full(max(chars, default=0) + 1, -1, dtype=np.int32)
             table[list(chars)] = list(chars.values())
             byte_ids = np.array([vocab.get(f"<0x{b:02X}>", -1) for b in range(256)])
             specials = [t.content for t in self.hf.get_added_tokens_decoder().values()]
@@ -98,19 +104,22 @@ class Tokenizer:
             cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         except UnicodeEncodeError:
             return None
-        ids = np.full(len(cps), -1, dtype=np.int64)
-        known = cps < len(table)
-        ids[known] = table[cps[known]]
+        if not len(cps) or cps.max() < len(table):
+            ids = table[cps]
+        else:
+            known = cps < len(table)
+            ids = table[np.where(known, cps, 0)]
+            ids[~known] = -1
         unknown = np.flatnonzero(ids < 0)
         if not len(unknown):
-            return ids.tolist()
+            return ids
         out, start = [], 0  # unseen characters: one <0xXX> token per UTF-8 byte
         for i in unknown.tolist():
-            out.extend(ids[start:i].tolist())
-            out.extend(byte_ids[list(text[i].encode("utf-8"))].tolist())
+            out.append(ids[start:i])
+            out.append(byte_ids[list(text[i].encode("utf-8"))])
             start = i + 1
-        out.extend(ids[start:].tolist())
-        return out
+        out.append(ids[start:])
+        return np.concatenate(out)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
@@ -166,16 +175,22 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Tokenizer:
+        """A tokenizer or model directory, or a tokenizer.json file: a file named
+        tokenizer.json reads the tokenizer_config.json beside it; a file with another name
+        stands alone (its roles are read from its special tokens' names)."""
         d = Path(directory)
         path = d / "tokenizer.json"
-        if not path.is_file():
+        alone = False
+        if d.is_file():
+            path, d, alone = d, d.parent, d.name != "tokenizer.json"
+        elif not path.is_file():
             raise ScratchLMError(f"{d} has no tokenizer.json; train one with `scratchlm tokenizer train`")
         try:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on bad JSON
             raise ScratchLMError(f"{path} is not a valid tokenizer file ({e})") from None
         cfg = {}
-        if (d / "tokenizer_config.json").is_file():
+        if not alone and (d / "tokenizer_config.json").is_file():
             try:
                 cfg = read_json(d / "tokenizer_config.json")
             except ValueError as e:
@@ -184,11 +199,13 @@ class Tokenizer:
         if isinstance(chat_template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in chat_template}
             chat_template = named.get("default") or next(iter(named.values()), None)
-        if chat_template is None and (d / "chat_template.jinja").is_file():
+        if chat_template is None and not alone and (d / "chat_template.jinja").is_file():
             chat_template = (d / "chat_template.jinja").read_text(encoding="utf-8")
         ours = all(hf.token_to_id(t) is not None for t in SPECIAL_TOKENS)
-        if not cfg and not ours and (d / "config.json").is_file():
+        if not cfg and not ours and not alone and (d / "config.json").is_file():
             cfg = _roles_from_model_config(hf, d / "config.json")  # tokenizer.json alone
+        if not cfg and not ours:
+            cfg = _roles_from_names(hf)  # a bare tokenizer.json of another library
         if "scratchlm_kind" in cfg or not cfg:  # ours
             roles = cfg.get("scratchlm_special_tokens") or dict(DEFAULT_ROLES)
             if roles == DEFAULT_ROLES:
@@ -221,6 +238,45 @@ def _roles_from_model_config(hf: HFTokenizer, path: Path) -> dict:
         if token is not None:
             out[f"{role}_token"] = token
     return out
+
+
+# Usual names of the role tokens, for a tokenizer.json that comes without its config.
+ROLE_NAMES = {
+    "eos": ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "<|im_end|>"),
+    "bos": ("<s>", "<bos>", "<|begin_of_text|>", "<|bos|>", "<|startoftext|>"),
+    "pad": ("<pad>", "<|pad|>", "[PAD]"),
+    "unk": ("<unk>", "<|unk|>", "[UNK]"),
+}
+
+
+def _roles_from_names(hf: HFTokenizer) -> dict:
+    """bos/eos/pad/unk among a tokenizer's special added tokens, by their usual names."""
+    added = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+    out = {}
+    for role, names in ROLE_NAMES.items():
+        found = next((n for n in names if n in added), None)
+        if found is not None:
+            out[f"{role}_token"] = found
+    return out
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
+    """--tokenizer given as a path: a tokenizer or model directory, or a tokenizer.json file."""
+    p = Path(spec)
+    if p.suffix.lower() == ".gguf" and p.is_file():  # the tokenizer in a GGUF's metadata
+        import gguf
+
+        from scratchlm.interop.gguf import read_metadata, tokenizer_from_metadata
+
+        try:
+            meta = read_metadata(gguf.GGUFReader(str(p)))
+        except Exception as e:  # the reader raises ValueError/struct errors on damaged files
+            raise ScratchLMError(f"{p} could not be read as GGUF ({e})") from None
+        return tokenizer_from_metadata(meta)
+    if not (p.is_dir() or (p.is_file() and p.suffix.lower() == ".json")):
+        raise ScratchLMError(f"--tokenizer {str(spec)!r} is neither 'char', 'bpe', a tokenizer or "
+                             f"model directory, a tokenizer.json file nor a GGUF file")
+    return Tokenizer.load(p)
 
 
 def _token_text(value) -> str | None:
