@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -283,10 +284,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError
             if tp is int:
                 return int(text)
-            return float(text)
+            return _coerce(float(text), float, key)
         except ValueError:
             raise ScratchLMError(f"{key} must be {want}, got {value!r}") from None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, float | int) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ScratchLMError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -309,8 +312,55 @@ def _check_keys(cls: type, values: dict[str, Any], section: str) -> dict[str, An
     return out
 
 
+# Ranges by key name, for every section and model family (a rule applies where the key
+# exists; None values mean "the default" and are not checked): (low, low_inclusive, high,
+# high_inclusive). The dataclasses' own checks run first; these catch what they leave open.
+RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "norm_eps": (0.0, False, math.inf, False),
+    "init_std": (0.0, False, math.inf, False),
+    "rope_theta": (0.0, False, math.inf, False),
+    "rope_factor": (0.0, False, math.inf, False),
+    "rope_low_freq_factor": (0.0, False, math.inf, False),
+    "rope_high_freq_factor": (0.0, False, math.inf, False),
+    "rope_original_max_len": (0, True, math.inf, False),
+    "n_kv_head": (1, True, math.inf, False),
+    "n_enc_layer": (1, True, math.inf, False),
+    "d_ff": (1, True, math.inf, False),
+    "d_embed": (1, True, math.inf, False),
+    "attn_head_dim": (1, True, math.inf, False),
+    "min_lr_ratio": (0.0, True, 1.0, True),
+    "weight_decay": (0.0, True, math.inf, False),
+    "grad_clip": (0.0, True, math.inf, False),
+    "beta1": (0.0, True, 1.0, False),
+    "beta2": (0.0, True, 1.0, False),
+    "val_beam": (1, True, math.inf, False),
+    "seed": (0, True, 2**63, False),
+    "val_fraction": (0.0, True, 1.0, False),
+}
+
+
+def _range_text(lo: float, lo_in: bool, hi: float, hi_in: bool) -> str:
+    if hi == math.inf:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_ranges(obj: Any, section: str) -> None:
+    """Refuse a value outside its key's range (RANGES), naming the key."""
+    for f in dataclasses.fields(obj):
+        rule = RANGES.get(f.name)
+        value = getattr(obj, f.name)
+        if rule is None or value is None or isinstance(value, bool):
+            continue
+        lo, lo_in, hi, hi_in = rule
+        if not ((value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)):
+            raise ScratchLMError(f"{section}.{f.name} must be {_range_text(*rule)}, got {value}")
+
+
 def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    return cls(**_check_keys(cls, values, section))
+    obj = cls(**_check_keys(cls, values, section))
+    check_ranges(obj, section)
+    return obj
 
 
 def build_model_config(values: dict[str, Any]) -> Any:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm.config import build_model_config
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, read_json, write_json
+from scratchlm.fileio import atomic_dir, current_umask, inside_dir, read_json, write_json
 from scratchlm.interop import hf
 from scratchlm.registry import build_model
 from scratchlm.tokenizers import Tokenizer
@@ -62,6 +62,7 @@ def write_model_files(
         config["scratchlm"] = {"format": FORMAT, "model": ours}
     write_json(directory / "config.json", config)
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(directory / "model.safetensors", 0o666 & ~current_umask())  # like the JSON files
     tokenizer.save(directory, model_max_length=cfg.block_size)
     gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
            "pad_token_id": tokenizer.pad_id, **(generation or {})}
@@ -87,10 +88,21 @@ def read_model_config(path: str | os.PathLike):
         raise ScratchLMError(f"{d} is not a model directory (no config.json)")
     try:
         raw = read_json(cfg_path)
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise ScratchLMError(f"{cfg_path} is not valid JSON ({e})") from None
-    values = raw["scratchlm"]["model"] if "scratchlm" in raw else hf.from_hf_config(raw)
-    return build_model_config(values)
+    except OSError as e:
+        raise ScratchLMError(f"cannot read {cfg_path} ({e.strerror or e})") from None
+    if not isinstance(raw, dict):
+        raise ScratchLMError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+    ours = raw.get("scratchlm")
+    if ours is not None and not (isinstance(ours, dict) and isinstance(ours.get("model"), dict)):
+        raise ScratchLMError(f"{cfg_path}: its \"scratchlm\" block has no \"model\" object; "
+                             "the directory is damaged (convert or train it again)")
+    try:
+        values = ours["model"] if ours is not None else hf.from_hf_config(raw)
+        return build_model_config(values)
+    except ScratchLMError as e:
+        raise ScratchLMError(f"{cfg_path}: {e}") from None
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -118,13 +130,17 @@ def load_weights(d: Path) -> dict[str, torch.Tensor]:
             continue
         try:
             weight_map = read_json(d / index_name)["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ScratchLMError(f"{d / index_name} is not a valid shard index ({e})") from None
+            shards = sorted(set(weight_map.values()), key=str)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ScratchLMError(f"{d / index_name} is not a valid shard index ({e!r})") from None
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (d / shard).is_file():
+        for shard in shards:
+            p = inside_dir(d, shard, source=str(d / index_name))
+            if not os.path.lexists(p):
                 raise ScratchLMError(f"{d / index_name} lists {shard}, which is missing")
-            state.update(loader(d / shard))
+            if not p.is_file():
+                raise ScratchLMError(f"{d / index_name} lists {shard}, which is not a regular file")
+            state.update(loader(p))
         return state
     if not (d / "model.safetensors").is_file() and (d / "pytorch_model.bin").is_file():
         return _load_bin(d / "pytorch_model.bin")

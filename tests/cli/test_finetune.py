@@ -65,7 +65,7 @@ def test_lora_finetune_exact_resume_and_merge(base, tmp_path, capsys):
     assert "rows of up to 100 tokens" in out  # packed to finetune.max_len, not the context
     final = tmp_path / "full" / "final"
     assert sorted(p.name for p in final.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        ".scratchlm", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert (tmp_path / "full" / "last" / "trainer_state.pt").is_file()
     assert not (tmp_path / "full" / "last" / "model.safetensors").exists()  # adapter only
     # interrupted after step 3, then resumed: bit-identical adapter

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import sys
 from types import ModuleType
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import disk_full_message
 
 
 def _verbs() -> dict[str, ModuleType]:
@@ -49,6 +51,12 @@ def _verbs() -> dict[str, ModuleType]:
         "convert": convert,
         "download": download,
     }
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """The --overwrite flag of every verb that writes a directory (see fileio.claim_out_dir)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds an earlier scratchlm output (never other files)")
 
 
 def build_parser(verbs: dict[str, ModuleType]) -> argparse.ArgumentParser:
@@ -92,6 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's, not the code's: a full disk, a read-only directory
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+
+
+# Errors of the file system a user can fix, printed in one line (others keep their traceback).
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ELOOP, errno.EMFILE}
+
+
+def os_error_line(e: OSError) -> str | None:
+    full = disk_full_message(e)
+    if full is not None:
+        return full
+    if e.errno in _USER_ERRNOS:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or type(e).__name__}{where}"
+    return None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Convert a model between formats: `scratchlm convert SRC DST [--to scratchlm|hf|gguf
---outtype f32|f16|bf16|q8_0 --force]`.
+--outtype f32|f16|bf16|q8_0 --overwrite]`.
 
 SRC is a scratchlm model directory, a Hugging Face model directory (config.json, weights in
 model.safetensors, sharded safetensors with an index, or pytorch_model.bin; tokenizer.json,
@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import check_parents, claim_out_dir, clean_leftovers
 
 HELP = "convert a model between scratchlm, Hugging Face and GGUF formats"
 FORMATS = ("scratchlm", "hf", "gguf")
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", choices=FORMATS, default=None,
                    help="output format (default: gguf if DST ends in .gguf, else scratchlm)")
     p.add_argument("--outtype", choices=OUTTYPES, default="f32", help="GGUF matrix type (default f32)")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="replace DST if scratchlm wrote it (a model directory or a GGUF file)")
 
 
 def describe(path: Path) -> str:
@@ -52,6 +54,24 @@ def describe(path: Path) -> str:
     return "model"
 
 
+def _claim_gguf(src: Path, dst: Path, *, overwrite: bool) -> None:
+    """A GGUF output file: apart from SRC, and replacing only a GGUF file, with --overwrite."""
+    from scratchlm.interop.gguf import is_gguf_file
+
+    check_parents(dst)
+    s, d = src.resolve(), dst.resolve()
+    if s in d.parents or d in s.parents:
+        raise ScratchLMError(f"DST {dst} must lie outside SRC {src} (and not hold it)")
+    clean_leftovers(dst)
+    if dst.is_dir():
+        raise ScratchLMError(f"{dst} is a directory; a GGUF output is a file")
+    if dst.exists() and not overwrite:
+        raise ScratchLMError(f"{dst} exists; pass --overwrite to replace it or choose another DST")
+    if dst.exists() and not is_gguf_file(dst):
+        raise ScratchLMError(f"{dst} is not a GGUF file, so --overwrite will not replace it; "
+                             "remove it yourself or choose another DST")
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from scratchlm.interop.gguf import save_gguf
     from scratchlm.modeldir import load, save_model_dir
@@ -62,10 +82,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     fmt = args.to or ("gguf" if dst.suffix.lower() == ".gguf" else "scratchlm")
     if src.resolve() == dst.resolve():
         raise ScratchLMError("SRC and DST are the same path")
-    if dst.exists() and not args.force:
-        raise ScratchLMError(f"{dst} exists; pass --force to replace it")
-    if dst.exists() and fmt == "gguf" and dst.is_dir():
-        raise ScratchLMError(f"{dst} is a directory; a GGUF output is a file")
+    if fmt == "gguf":
+        _claim_gguf(src, dst, overwrite=args.overwrite)
+    else:
+        claim_out_dir(dst, overwrite=args.overwrite, inputs=[src], kind="model directory")
     model, tokenizer = load(src)
     cfg = model.config
     n = model.num_params()
@@ -75,8 +95,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         save_gguf(dst, model, tokenizer, outtype=args.outtype)
         print(f"wrote {dst} (GGUF, {args.outtype})")
         return 0
-    if dst.exists() and not dst.is_dir():
-        raise ScratchLMError(f"{dst} is a file; the {fmt} format is a directory")
     save_model_dir(dst, model, tokenizer, plain_hf=fmt == "hf")
     if fmt == "hf" or cfg.family in ("gpt", "llama"):
         note = "; transformers loads it with from_pretrained"

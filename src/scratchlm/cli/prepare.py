@@ -8,10 +8,13 @@ and `--on-long truncate|skip|refuse` to bound sentence length.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from scratchlm.cli import add_overwrite
 from scratchlm.data.pairs import EMPTY_POLICIES, LONG_POLICIES, is_pairs_dataset, prepare_pairs
 from scratchlm.data.pretrain import prepare
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import claim_out_dir
 
 HELP = "tokenize text files (or translation pairs) into train/val token files"
 
@@ -20,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="text files or directories; or one pairs file / pairs dataset directory")
     p.add_argument("--out", required=True, help="data directory to write")
+    add_overwrite(p)
     p.add_argument("--format", choices=["auto", "text", "pairs"], default="auto",
                    help="auto: pairs for a directory holding train.tsv or train.jsonl, else text; "
                         "pairs: a .tsv (src<TAB>tgt) or .jsonl ({src, tgt}) file")
@@ -49,6 +53,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ScratchLMError("--src-file/--tgt-file replace INPUT; give one or the other")
     if not (args.inputs or two_files):
         raise ScratchLMError("give INPUT files or directories, or --src-file and --tgt-file")
+    claim_out_dir(args.out, overwrite=args.overwrite, kind="data directory",
+                  inputs=[*args.inputs, args.src_file, args.tgt_file,
+                          args.tokenizer if Path(args.tokenizer).exists() else None])
     auto_pairs = args.format == "auto" and len(args.inputs) == 1 and is_pairs_dataset(args.inputs[0])
     if not (two_files or args.format == "pairs" or auto_pairs):
         return _run_text(args)
