@@ -83,8 +83,9 @@ def build(jobs: int = 2, log_path: Path | None = None) -> Path | None:
             step = "unpack"
             if not (src / "CMakeLists.txt").is_file():
                 shutil.rmtree(CACHE / "src", ignore_errors=True)
-                with tarfile.open(sdist) as tar:
-                    tar.extractall(CACHE / "src", filter="data")
+                with tarfile.open(sdist) as tar:  # "data": no links or paths out of the folder
+                    kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(CACHE / "src", **kw)
             step = "cmake configure"
             _run(["cmake", "-S", str(src), "-B", str(work), *CMAKE_FLAGS], log)
             step = "cmake build"

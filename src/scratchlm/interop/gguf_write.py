@@ -67,16 +67,23 @@ def check_outtype(outtype: str) -> str:
                          f"{', '.join(OUTTYPES)}")
 
 
-def gguf_architecture(cfg: Any) -> str:
-    """llama.cpp's architecture for a model config (see the module docstring), or one line."""
-    if cfg.family == "gpt":
+def gguf_architecture(cfg: Any, arch: str | None = None) -> str:
+    """llama.cpp's architecture for a model config (see the module docstring), or one line.
+
+    `arch` "llama" may be asked for any llama-family model (llama.cpp's llama takes q/k/v
+    biases too); "qwen2" only where it fits."""
+    if cfg.family == "gpt" and arch in (None, "gpt2"):
         return "gpt2"
-    if cfg.family != "llama":
+    if cfg.family not in ("gpt", "llama"):
         raise ScratchLMError(f"GGUF export supports the gpt and llama families (llama.cpp's gpt2, "
                              f"llama and qwen2), not {cfg.family!r}")
-    if cfg.qkv_bias and not (cfg.o_bias or cfg.mlp_bias) and cfg.rope_type != "llama3":
-        return "qwen2"
-    return "llama"
+    qwen2 = cfg.family == "llama" and cfg.qkv_bias and not (cfg.o_bias or cfg.mlp_bias) \
+        and cfg.rope_type != "llama3"
+    if arch is None:
+        return "qwen2" if qwen2 else "llama"
+    if arch == "llama" and cfg.family == "llama" or arch == "qwen2" and qwen2:
+        return arch
+    raise ScratchLMError(f"a {cfg.family} model cannot be written as GGUF architecture {arch!r}")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -188,15 +195,16 @@ def _add_tensor(writer, name: str, arr: np.ndarray, qtype) -> None:
 
 # ----------------------------------------------------------------------------- export
 def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, outtype: str = "f32",
-              name: str | None = None) -> Path:
+              name: str | None = None, arch: str | None = None) -> Path:
     """Write a gpt- or llama-family model as a GGUF file llama.cpp loads (see the module
-    docstring for the architecture and types). Nothing is left at `path` if anything fails."""
+    docstring for the architecture and types; `arch` as `gguf_architecture`). Nothing is left
+    at `path` if anything fails."""
     from scratchlm.fileio import current_umask, temp_path
 
     gguf = _require_gguf()
     outtype = check_outtype(outtype)
     cfg = model.config
-    arch = gguf_architecture(cfg)
+    arch = gguf_architecture(cfg, arch)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                  "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]

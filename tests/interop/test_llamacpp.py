@@ -1,0 +1,174 @@
+"""llama.cpp itself runs scratchlm's GGUF exports (built by bench/llamacpp.py from the source
+vendored in llama-cpp-python 0.3.36; skipped, in one line, where it is not built).
+
+Two tiny models are trained for a few hundred steps on the shipped Shakespeare sample (byte-level
+BPE, 512 tokens), so that greedy decoding is not degenerate: a llama-family model with q/k/v
+biases, written both as llama.cpp's "qwen2" and as its "llama" (permuted q/k rows and biases),
+and a gpt model written as "gpt2". For each:
+- llama.cpp tokenizes the held-out text to our token ids (llama-tokenize);
+- llama.cpp's greedy continuation of a held-out prompt on our F16 export is the text of
+  scratchlm's greedy tokens on the same file (llama-completion, --temp 0);
+- llama-perplexity on held-out text: F16 equals scratchlm's own perplexity computed the way
+  llama-perplexity does (second half of each 64-token chunk), and our Q8_0 / Q4_0 exports are
+  within 2% / 10% of F16; llama-quantize makes a Q4_K_M from our F16 (within 10% too).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.llamacpp import CACHE, find_bin_dir
+
+BIN = find_bin_dir()
+if BIN is None:
+    pytest.skip(f"llama.cpp is not built: '.venv/bin/python bench/llamacpp.py' builds it into {CACHE} "
+                "(20-40 min on 2 cores; .ci/run does it once per machine)", allow_module_level=True)
+
+from scratchlm.config import run_config_from_dict  # noqa: E402
+from scratchlm.data.sources import shakespeare_sample_path  # noqa: E402
+from scratchlm.interop.gguf import load_gguf  # noqa: E402
+from scratchlm.interop.gguf_write import save_gguf  # noqa: E402
+from scratchlm.registry import build_model  # noqa: E402
+from scratchlm.tokenizers.tokenizer import train_tokenizer  # noqa: E402
+
+N_CTX = 64  # the models' context, and llama-perplexity's chunk
+NEW = 32  # greedy tokens compared
+HELD = 20_000  # characters of the sample held out (the end)
+FAMILY = {"qwen2": "llama", "llama": "llama", "gpt2": "gpt"}
+
+
+def run_tool(name: str, *args) -> subprocess.CompletedProcess:
+    """Run one llama.cpp binary (stdout: its output, stderr: its log); the test fails with the
+    end of the log if it exits non-zero."""
+    proc = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"{name} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def texts() -> tuple[str, str]:
+    text = shakespeare_sample_path().read_text(encoding="utf-8")
+    return text[:-HELD], text[-HELD:].strip("\n")  # (llama.cpp drops a file's last newline)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts):
+    return train_tokenizer(kind="bpe", texts=[texts[0]], vocab_size=512)
+
+
+def _train(family: str, tokenizer, text: str, steps: int = 200, batch: int = 16):
+    extra = {"n_kv_head": 2, "qkv_bias": True} if family == "llama" else {}
+    values = {"family": family, "n_layer": 2, "n_head": 4, "d_model": 64, "block_size": N_CTX,
+              "vocab_size": tokenizer.vocab_size, **extra}
+    torch.manual_seed(0)
+    model = build_model(run_config_from_dict({"model": values}).model)
+    data = torch.tensor(tokenizer.encode(text))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, len(data) - N_CTX - 1, (batch,), generator=g)
+        x = torch.stack([data[j:j + N_CTX] for j in i])  # (B, T)
+        y = torch.stack([data[j + 1:j + N_CTX + 1] for j in i])  # (B, T)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer, texts):
+    """family -> a model trained on the first part of the sample (once per family)."""
+    models: dict[str, torch.nn.Module] = {}
+
+    def get(family: str):
+        if family not in models:
+            models[family] = _train(family, tokenizer, texts[0])
+        return models[family]
+
+    return get
+
+
+@pytest.fixture
+def f16(request, trained, tokenizer, tmp_path):
+    arch = request.param
+    path = save_gguf(tmp_path / f"{arch}.f16.gguf", trained(FAMILY[arch]), tokenizer,
+                     outtype="f16", arch=arch)
+    return arch, path
+
+
+def _greedy(model, ids: list[int], n: int) -> list[int]:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("f16", list(FAMILY), indirect=True)
+def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, tokenizer, texts, tmp_path):
+    arch, path = f16
+    held = texts[1]
+    (tmp_path / "held.txt").write_text(held[:4000], encoding="utf-8")
+    theirs = run_tool("llama-tokenize", "-m", path, "-f", tmp_path / "held.txt", "--ids",
+                      "--no-escape", "--log-disable").stdout
+    assert [int(t) for t in re.findall(r"\d+", theirs)] == tokenizer.encode(held[:4000])
+
+    ours, tok = load_gguf(path)  # the same f16-rounded weights, computed in float32
+    prompt = held[held.index("\n", 1000) + 1:][:60].rstrip()
+    ids = tok.encode(prompt)
+    assert len(ids) + NEW <= N_CTX
+    want = _greedy(ours, ids, NEW)
+    assert len(set(want)) >= 8, tok.decode(want)  # a continuation, not one token repeated
+    (tmp_path / "prompt.txt").write_text(prompt + "\n", encoding="utf-8")
+    got = run_tool("llama-completion", "-m", path, "-f", tmp_path / "prompt.txt", "-n", NEW,
+                   "--temp", "0", "--ignore-eos", "-no-cnv", "--no-display-prompt", "--no-escape",
+                   "-c", N_CTX, "-t", 1, "-s", 1, "--no-warmup").stdout
+    print(f"{arch}: {prompt!r} -> {got!r}")
+    assert got == tok.decode(want)
+
+
+def _ppl_ours(model, ids: list[int]) -> float:
+    """Perplexity as llama-perplexity computes it: consecutive chunks of N_CTX tokens, each
+    scored on its second half (the first half is context)."""
+    n = len(ids) // N_CTX
+    x = torch.tensor(ids[:n * N_CTX]).view(n, N_CTX)
+    first = N_CTX // 2
+    with torch.no_grad():
+        logp = model(x)[:, first:-1].log_softmax(-1)  # (n, N_CTX - first - 1, vocab)
+    nll = -logp.gather(-1, x[:, first + 1:, None]).mean().item()
+    return math.exp(nll)
+
+
+def _ppl(path, held_file) -> float:
+    proc = run_tool("llama-perplexity", "-m", path, "-f", held_file, "-c", N_CTX, "-b", N_CTX,
+                    "-t", 2, "--no-escape")
+    return float(re.search(r"Final estimate: PPL = ([\d.]+)", proc.stdout + proc.stderr).group(1))
+
+
+@pytest.mark.parametrize("f16", list(FAMILY), indirect=True)
+def test_llamacpp_perplexity_of_quantised_exports(f16, trained, tokenizer, texts, tmp_path):
+    arch, path = f16
+    held_file = tmp_path / "held.txt"
+    held_file.write_text(texts[1], encoding="utf-8")
+    ours, tok = load_gguf(path)
+    ppl = {"ours": _ppl_ours(ours, tok.encode(texts[1])), "f16": _ppl(path, held_file)}
+    model = trained(FAMILY[arch])
+    for q in ("q8_0", "q4_0"):
+        ppl[q] = _ppl(save_gguf(tmp_path / f"{q}.gguf", model, tokenizer, outtype=q, arch=arch),
+                      held_file)
+    run_tool("llama-quantize", path, tmp_path / "q4_k_m.gguf", "Q4_K_M")
+    ppl["q4_k_m"] = _ppl(tmp_path / "q4_k_m.gguf", held_file)
+    print(f"{arch}: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
+    assert abs(ppl["f16"] / ppl["ours"] - 1) < 0.01
+    assert abs(ppl["q8_0"] / ppl["f16"] - 1) < 0.02
+    assert abs(ppl["q4_0"] / ppl["f16"] - 1) < 0.10
+    assert abs(ppl["q4_k_m"] / ppl["f16"] - 1) < 0.10
