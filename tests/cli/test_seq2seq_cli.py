@@ -53,6 +53,21 @@ def test_translate_evaluate_attention(mt, tmp_path):
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in att.stdout
 
 
+def test_max_new_tokens_is_honoured_by_evaluate_and_attention(mt, tmp_path):
+    """Issue 15: these two accepted --max-new-tokens and then ignored it (greedy)."""
+    d, _ = mt
+    model = d / "run" / "final"
+    for beams in ("1", "3"):
+        cli("evaluate", model, "--data", d / "data", "--metric", "chrf", "--max-new-tokens", "2",
+            "--num-beams", beams, "--hyps-out", tmp_path / f"h{beams}.jsonl")
+        rows = [json.loads(x) for x in (tmp_path / f"h{beams}.jsonl").read_text().splitlines()]
+        assert rows and all(len(r["output"]) <= 2 for r in rows), rows[:3]  # char model: 2 tokens
+    att = cli("attention", model, "--src", "the cat sat", "--out", tmp_path / "a.png",
+              "--max-new-tokens", "3")
+    line = next(x for x in att.stdout.splitlines() if x.startswith("translation: "))
+    assert len(line[len("translation: "):]) <= 3
+
+
 def test_mixing_kinds_is_a_clean_error(mt, run, tmp_path):  # noqa: F811 (pytest fixture)
     d, _ = mt
     assert_clean_error(cli("generate", d / "run" / "final", "--prompt", "hi", check=False),

@@ -13,6 +13,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.attention_plot import plot_attention
 from scratchlm.generate.beam import BeamConfig
+from scratchlm.generate.decode import GenerationConfig
 from scratchlm.generate.translate import _pad, encode_sources, translate_nbest
 from scratchlm.modeldir import load
 
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                              "(seq2seq_rnn or seq2seq_transformer)")
     beam = BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens) \
         if args.num_beams > 1 else None
-    out_tokens = translate_nbest(model, tok, [args.src], beam=beam)[0][0][0]
+    greedy = GenerationConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    out_tokens = translate_nbest(model, tok, [args.src], beam=beam, config=greedy)[0][0][0]
     device = next(model.parameters()).device
     src_ids = encode_sources(model, tok, [args.src])[0]
     ids, mask = _pad([src_ids], tok.pad_id, device)

@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "loglik: log-likelihoods of text / context+continuation records")
     p.add_argument("--num-beams", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-sentences", type=int, default=None, help="score only the first N pairs/records")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="SFT records: tokens generated at most")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens generated at most (SFT records: default 128; pairs: default the "
+                        "translation length limit)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sources/prompts decoded at once (default: 32 seq2seq sources, 8 prompts)")
     p.add_argument("--stop", action="append", default=[],
@@ -129,7 +131,8 @@ def _seq2seq(args: argparse.Namespace, model, tokenizer) -> int:
         raise ScratchLMError(f"no pairs to score in {args.data} ({split})")
     metrics = args.metric or ["bleu", "chrf"]
     results, hyps = score_pairs(model, tokenizer, pairs, metrics=metrics, beam=args.num_beams,
-                                lang=args.lang or lang, batch_size=args.batch_size or 32)
+                                lang=args.lang or lang, batch_size=args.batch_size or 32,
+                                max_new_tokens=args.max_new_tokens)
     _write_outputs(args.hyps_out, "source", pairs, hyps)
     return _report(args, len(pairs), split, results)
 
@@ -148,8 +151,9 @@ def _completions(args: argparse.Namespace, model, tokenizer) -> int:
     if text_metrics:
         check_fit(model, tokenizer, items)
         stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
-        config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0, stop=stop)
-        beam = (BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+        max_new = args.max_new_tokens or 128
+        config = GenerationConfig(max_new_tokens=max_new, temperature=0, stop=stop)
+        beam = (BeamConfig(num_beams=args.num_beams, max_new_tokens=max_new)
                 if args.num_beams > 1 else None)
         scores, outputs = score_completions(model, tokenizer, items, metrics=text_metrics,
                                             config=config, beam=beam, lang=args.lang,

@@ -19,7 +19,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
 from scratchlm.generate.beam import BeamConfig, beam_search
-from scratchlm.generate.decode import max_new_tokens_for
+from scratchlm.generate.decode import max_new_tokens_for, stop_at, stop_checker
 from scratchlm.peft import load_with_adapter
 
 HELP = "generate text from a model directory"
@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples in one batch (with --num-beams: the n-best list size)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     p.add_argument("--length-penalty", type=float, default=1.0, help="for beam search")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="for beam search")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="never repeat an n-gram of the prompt or output (0: off)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--chat", action="store_true",
                    help="the prompt is a user message, rendered with the model's chat template")
@@ -54,12 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.num_beams < 1:
+        raise ScratchLMError(f"--num-beams must be at least 1 (1: no beam search), got {args.num_beams}")
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,
         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
-        num_samples=args.num_samples,
+        num_samples=args.num_samples, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
     if getattr(model, "is_encoder_decoder", False):
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"note: only {fits} new tokens fit in the model's context "
               f"({model.max_context}) after a {n_prompt}-token prompt", file=sys.stderr)
     if args.num_beams > 1:
+        _refuse_sampling_with_beams(args)
         return _beam(args, model, tokenizer, fits, shown)
     if config.num_samples == 1:
         sys.stdout.write(shown)
@@ -102,12 +106,25 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def _beam(args: argparse.Namespace, model, tokenizer, max_new: int, shown: str) -> int:
     cfg = BeamConfig(num_beams=args.num_beams, max_new_tokens=max_new,
                      length_penalty=args.length_penalty, num_return_sequences=args.num_samples,
-                     no_repeat_ngram_size=args.no_repeat_ngram_size)
+                     no_repeat_ngram_size=args.no_repeat_ngram_size,
+                     repetition_penalty=args.repetition_penalty)
     ids = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     device = next(model.parameters()).device
     hyps = beam_search(model, torch.tensor([ids], device=device), config=cfg,
-                       eos_id=tokenizer.eos_id)[0]
+                       eos_id=tokenizer.eos_id, ends=stop_checker(tokenizer, args.stop))[0]
     for i, h in enumerate(hyps, 1):
         header = f"--- beam {i} (score {h.score:.4f}) ---\n" if len(hyps) > 1 else ""
-        print(f"{header}{shown}{tokenizer.decode(h.tokens)}")
+        text = tokenizer.decode(h.tokens)
+        at = stop_at(text, args.stop)
+        print(f"{header}{shown}{text if at is None else text[:at]}")
     return 0
+
+
+def _refuse_sampling_with_beams(args: argparse.Namespace) -> None:
+    """Beam search is deterministic: sampling options would be silently ignored, so refuse them."""
+    given = [flag for flag, value, default in (
+        ("--top-k", args.top_k, 0), ("--top-p", args.top_p, 1.0), ("--min-p", args.min_p, 0.0),
+        ("--seed", args.seed, None)) if value != default]
+    if given:
+        raise ScratchLMError(f"{', '.join(given)} sample(s) tokens, which beam search does not do; "
+                             "drop them or --num-beams")

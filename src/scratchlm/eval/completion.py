@@ -33,7 +33,7 @@ from scratchlm.data.sft import (
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval import metrics as M
 from scratchlm.generate.beam import BeamConfig, beam_search
-from scratchlm.generate.decode import GenerationConfig, generate_batch
+from scratchlm.generate.decode import GenerationConfig, generate_batch, stop_at, stop_checker
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -90,13 +90,6 @@ def check_fit(model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item]) -
                                  f"{context}; shorten it (or leave the record out)")
 
 
-def _cut(text: str, stop: list[str]) -> str:
-    """The text up to its first stop string."""
-    for s in stop:
-        text = text.split(s, 1)[0]
-    return text
-
-
 def complete(
     model: torch.nn.Module, tokenizer: Tokenizer, items: list[Item], config: GenerationConfig,
     *, beam: BeamConfig | None = None, batch_size: int = 8, show_progress: bool = False,
@@ -120,9 +113,10 @@ def complete(
         for i, it in enumerate(items):
             ids = tokenizer.encode(it.prompt) or [tokenizer.eos_id]
             best = beam_search(model, torch.tensor([ids], device=device), config=beam,
-                               eos_id=tokenizer.eos_id)[0][0]
+                               eos_id=tokenizer.eos_id, ends=stop_checker(tokenizer, config.stop))[0][0]
             text = tokenizer.decode([t for t in best.tokens if t != tokenizer.eos_id])
-            outputs[i] = _cut(text, config.stop).strip()
+            at = stop_at(text, config.stop)
+            outputs[i] = (text if at is None else text[:at]).strip()
             bar.update(1)
     bar.close()
     return outputs

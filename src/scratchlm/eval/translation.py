@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from scratchlm.eval import metrics as M
 from scratchlm.generate.beam import BeamConfig
+from scratchlm.generate.decode import GenerationConfig
 from scratchlm.generate.translate import _pad, encode_sources, translate
 from scratchlm.tokenizers import Tokenizer
 
@@ -28,15 +29,18 @@ def score_pairs(
     beam: int = 1,
     lang: str | None = None,
     batch_size: int = 32,
+    max_new_tokens: int | None = None,
 ) -> tuple[dict[str, M.MetricResult | dict], list[str]]:
-    """Returns ({metric: result}, hypotheses). "ppl" gives {"loss", "perplexity", "tokens"}."""
+    """Returns ({metric: result}, hypotheses). "ppl" gives {"loss", "perplexity", "tokens"}.
+    Translations are at most `max_new_tokens` long (None: the length limit of translate)."""
     sources = [s for s, _ in pairs]
     refs = [r for _, r in pairs]
     out: dict[str, M.MetricResult | dict] = {}
     hyps: list[str] = []
     if any(m != "ppl" for m in metrics):
-        bcfg = BeamConfig(num_beams=beam, max_new_tokens=10_000) if beam > 1 else None
-        hyps = translate(model, tokenizer, sources, beam=bcfg, batch_size=batch_size)
+        bcfg = BeamConfig(num_beams=beam, max_new_tokens=max_new_tokens or 10_000) if beam > 1 else None
+        gcfg = GenerationConfig(temperature=0.0, max_new_tokens=max_new_tokens) if max_new_tokens else None
+        hyps = translate(model, tokenizer, sources, beam=bcfg, config=gcfg, batch_size=batch_size)
     out.update(M.score_texts(hyps, refs, [m for m in metrics if m != "ppl"], lang=lang))
     if "ppl" in metrics:
         out["ppl"] = reference_loss(model, tokenizer, pairs, batch_size=batch_size)

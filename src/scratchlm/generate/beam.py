@@ -14,11 +14,13 @@ Hugging Face / fairseq convention, with length counting generated tokens incl. e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.generate import sampling
 from scratchlm.generate.decode import init_cache, max_new_tokens_for
 
 
@@ -34,8 +36,13 @@ class BeamConfig:
     # any length up to the limit (exact, slower).
     early_stopping: bool | str = False
     no_repeat_ngram_size: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off (as in sampling: on the logits, before log-softmax)
 
     def __post_init__(self) -> None:
+        if self.repetition_penalty <= 0:
+            raise ScratchLMError("repetition_penalty must be > 0")
+        if self.no_repeat_ngram_size < 0:
+            raise ScratchLMError("no_repeat_ngram_size must be >= 0 (0: off)")
         if self.num_beams < 1:
             raise ScratchLMError("num_beams must be at least 1")
         if not 1 <= self.num_return_sequences <= self.num_beams:
@@ -52,20 +59,6 @@ class Hypothesis:
     tokens: list[int]  # generated tokens (eos included when the hypothesis finished)
     score: float  # length-normalised score used for ranking
     logprob: float  # sum of token log-probabilities
-
-
-def _banned_ngram_tokens(seqs: list[list[int]], n: int) -> list[list[int]]:
-    """For each sequence, tokens that would complete an n-gram already in it."""
-    out = []
-    for seq in seqs:
-        if len(seq) < n:
-            out.append([])
-            continue
-        prefix = tuple(seq[-(n - 1):]) if n > 1 else ()
-        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1)
-                  if tuple(seq[i : i + n - 1]) == prefix]
-        out.append(banned)
-    return out
 
 
 class _Finished:
@@ -105,10 +98,13 @@ def beam_search(
     config: BeamConfig,
     eos_id: int | None,
     memory=None,
+    ends: Callable[[list[int]], bool] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search continuing each row of `input_ids` (B, T); returns, per row, the
     `num_return_sequences` best hypotheses, best first. For an encoder-decoder pass
-    memory=model.encode(src) and input_ids = <|bos|> per row."""
+    memory=model.encode(src) and input_ids = <|bos|> per row. `ends(tokens)` says a
+    hypothesis is over without eos (a stop string in its text: `decode.stop_checker`); it
+    finishes as at eos, and the caller cuts its text at the stop string."""
     B, T = input_ids.shape
     K = config.num_beams
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
@@ -117,8 +113,8 @@ def beam_search(
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # (B, 1, V)
     expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
     cache.reorder(expand)
-    logprobs = logits[:, -1].float().log_softmax(-1)[expand]  # (B*K, V)
-    V = logprobs.shape[-1]
+    logits = logits[:, -1].float()[expand]  # (B*K, V)
+    V = logits.shape[-1]
     # Only beam 0 of each row is live at the start (the K copies are identical).
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0
@@ -128,11 +124,7 @@ def beam_search(
     done = [False] * B
 
     for step in range(n_new):
-        if config.no_repeat_ngram_size > 0:
-            context = [prompts[row // K] + s for row, s in enumerate(seqs)]
-            for row, banned in enumerate(_banned_ngram_tokens(context, config.no_repeat_ngram_size)):
-                if banned:
-                    logprobs[row, banned] = float("-inf")
+        logprobs = _logprobs(logits, prompts, seqs, K, config)  # (B*K, V)
         cand = (beam_scores[:, :, None] + logprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
         top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): enough to refill K beams
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
@@ -151,7 +143,7 @@ def beam_search(
                 beam, token = divmod(idx, V)
                 parent = b * K + beam
                 tokens = seqs[parent] + [token]
-                if eos_id is not None and token == eos_id:
+                if (eos_id is not None and token == eos_id) or (ends is not None and ends(tokens)):
                     # An ending counts only if it is among the K best candidates: the extra K
                     # are there to refill live beams, not to finish weak hypotheses early.
                     if rank < K:
@@ -178,5 +170,20 @@ def beam_search(
         seqs = new_seqs
         cache.reorder(parents.to(device))
         logits, cache = model(next_tokens.to(device)[:, None], cache=cache)  # (B*K, 1, V)
-        logprobs = logits[:, -1].float().log_softmax(-1)
+        logits = logits[:, -1].float()
     return [f.hyps[: config.num_return_sequences] for f in finished]
+
+
+def _logprobs(logits: torch.Tensor, prompts: list[list[int]], seqs: list[list[int]], K: int,
+              config: BeamConfig) -> torch.Tensor:
+    """(B*K, V) next-token log-probabilities of the beams, after the repetition penalty and
+    n-gram blocking that `decode.next_token` applies (so beam 1 equals greedy with them)."""
+    if config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0:
+        return logits.log_softmax(-1)
+    context = [prompts[row // K] + s for row, s in enumerate(seqs)]  # prompt + beam tokens
+    if config.repetition_penalty != 1.0:
+        seen = torch.zeros_like(logits, dtype=torch.bool)
+        for row, ctx in enumerate(context):
+            seen[row, ctx] = True
+        logits = sampling.repetition_penalty(logits, seen, config.repetition_penalty)
+    return sampling.no_repeat_ngram(logits.log_softmax(-1), context, config.no_repeat_ngram_size)

@@ -28,6 +28,7 @@ class GenerationConfig:
     top_p: float = 1.0  # 1: off
     min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # 1: off
+    no_repeat_ngram_size: int = 0  # 0: off; n: no n-gram of the prompt or output twice
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
     seed: int | None = None
     num_samples: int = 1
@@ -41,6 +42,7 @@ class GenerationConfig:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0 (0: off)"),
             (self.num_samples >= 1, "num_samples must be at least 1"),
         ]
         for ok, msg in checks:
@@ -52,17 +54,21 @@ class GenerationConfig:
 
 def next_token(
     logits: torch.Tensor, *, config: GenerationConfig, generator: torch.Generator | None = None,
-    seen: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None, history: list[list[int]] | None = None,
 ) -> torch.Tensor:
     """The one sampling step: (B, V) next-token logits -> (B,) tokens.
 
-    Repetition penalty over `seen` (B, V bool), then greedy (temperature 0) or temperature,
+    Repetition penalty over `seen` (B, V bool), n-gram blocking over `history` (each row's
+    prompt and output tokens; needed when config.no_repeat_ngram_size > 0), then greedy
+    (temperature 0) or temperature,
     top-k, top-p, min-p and a draw from `generator`. `generate_tokens` calls it for its whole
     batch; the server's batching engine (scratchlm.serve.batching) calls it once per request
     on that request's rows of a shared batch, so every request samples with its own settings
     and its own seeded generator."""
     if seen is not None:
         logits = sampling.repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.no_repeat_ngram_size > 0:
+        logits = sampling.no_repeat_ngram(logits, history, config.no_repeat_ngram_size)
     if config.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / config.temperature
@@ -129,6 +135,10 @@ def generate_tokens(
             real = torch.arange(T, device=device)[None, :] >= left_pad.to(device)[:, None]
             prompt = torch.where(real, input_ids, input_ids[:, -1:])
         seen.scatter_(1, prompt, True)
+    history = None  # each row's tokens, for n-gram blocking (padding left out)
+    if config.no_repeat_ngram_size > 0:
+        pads = [0] * B if left_pad is None else left_pad.tolist()
+        history = [row[p:] for row, p in zip(input_ids.tolist(), pads, strict=True)]
     cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
     if left_pad is not None:
         if not getattr(model, "supports_left_padding", False):
@@ -140,7 +150,7 @@ def generate_tokens(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     stop_on_eos = eos_id is not None and not config.ignore_eos
     for i in range(n_new):
-        tok = next_token(logits, config=config, generator=generator, seen=seen)  # (B,)
+        tok = next_token(logits, config=config, generator=generator, seen=seen, history=history)  # (B,)
         tok = tok.masked_fill(finished, pad_id)
         yield tok
         if stop_on_eos:
@@ -151,8 +161,25 @@ def generate_tokens(
             return
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
+        if history is not None:
+            for row, t in zip(history, tok.tolist(), strict=True):
+                row.append(t)
         logits, cache = model(tok[:, None], cache=cache)  # (B, 1, V)
         logits = logits[:, -1]
+
+
+def stop_at(text: str, stop: list[str]) -> int | None:
+    """Where the first stop string in `text` starts (None: none is there). The one rule for
+    stop strings: generate, beam search, the server and evaluate all cut text here."""
+    cuts = [at for at in (text.find(s) for s in stop) if at != -1]
+    return min(cuts) if cuts else None
+
+
+def stop_checker(tokenizer: Tokenizer, stop: list[str]) -> Callable[[list[int]], bool] | None:
+    """For beam search: does a hypothesis' text (its tokens) hold a stop string?"""
+    if not stop:
+        return None
+    return lambda tokens: stop_at(tokenizer.decode(tokens), stop) is not None
 
 
 class TextStream:
@@ -228,10 +255,10 @@ class TextStream:
         """Append decoded text; cut it at the first stop string (one may start in the
         held-back text, which is the only text returned text does not end in)."""
         text = self._pending + new
-        cuts = [at for at in (text.find(s) for s in self.stop) if at != -1]
-        if cuts:
+        at = stop_at(text, self.stop)
+        if at is not None:
             self.done = self._stopped = True
-            text = text[: min(cuts)]
+            text = text[:at]
         self._pending = text
 
 

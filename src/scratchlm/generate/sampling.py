@@ -1,7 +1,8 @@
 """Pure functions on next-token logits (B, V): each returns new logits, nothing is hidden.
 
-Order used by `decode.generate_tokens`: repetition penalty -> temperature -> top-k -> top-p
--> min-p -> sample. Filtered-out entries are set to -inf.
+Order used by `decode.next_token`: repetition penalty -> no-repeat n-gram -> temperature ->
+top-k -> top-p -> min-p -> sample (beam search applies the first two the same way, so beam 1
+equals greedy with them). Filtered-out entries are set to -inf.
 """
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float)
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def no_repeat_ngram(logits: torch.Tensor, seqs: list[list[int]], n: int) -> torch.Tensor:
+    """Ban, in row i, every token that would complete an n-gram already in `seqs[i]` (that
+    row's prompt and output so far): the n-gram blocking of Paulus et al. 2017."""
+    if n <= 0:
+        return logits
+    rows, cols = [], []
+    for row, seq in enumerate(seqs):
+        if len(seq) < n:
+            continue
+        prefix = tuple(seq[len(seq) - n + 1 :])  # the last n-1 tokens
+        for i in range(len(seq) - n + 1):
+            if tuple(seq[i : i + n - 1]) == prefix:
+                rows.append(row)
+                cols.append(seq[i + n - 1])
+    if not rows:
+        return logits
+    dev = logits.device
+    return logits.index_put((torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)),
+                            torch.tensor(float("-inf"), dtype=logits.dtype, device=dev))
 
 
 def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
