@@ -8,7 +8,8 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (with
 see docs/serving.md). --slots bounds the rows decoding at once and --max-waiting the requests
 waiting for a slot; past both a request gets 503 with Retry-After. The server listens on 127.0.0.1 (this machine
 only) unless --host says otherwise; give an API key (--api-key or SCRATCHLM_API_KEY) before
-listening on a network. --port 0 picks a free port; the address is printed either way.
+listening on a network. Without a key, no web page can drive it: JSON bodies only, its own
+Host names only (--allowed-host adds one), no CORS unless --cors-origin (serve/guard.py). --port 0 picks a free port; the address is printed either way.
 MODEL_DIR may be a LoRA adapter directory, applied to its base model."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -51,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the longest prompt allowed (default: the model's context)")
     p.add_argument("--max-n", type=int, default=8, help="the most choices (n) per request")
     p.add_argument("--max-body-kb", type=int, default=1024, help="the largest request body")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without an API key, also answer requests whose Host header is NAME "
+                        "(repeatable; localhost, 127.0.0.1, [::1] and --host always are)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API "
+                        "(repeatable; default: only the server's own chat page)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="torch threads for decoding (default: the CPUs less one, which is left "
@@ -107,13 +115,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     name = args.model_name or default_model_name(args.model_dir)
     engine = Engine(model, tokenizer, max_rows=args.slots, max_waiting=args.max_waiting,
                     max_batches=args.batches)
+    for origin in args.cors_origin:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ScratchLMError(f"--cors-origin {origin!r} is not an origin: give scheme://host"
+                                 "[:port] with no path, e.g. http://localhost:3000")
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
     config = ServerConfig(model_name=name, api_key=args.api_key or None,
                           max_body_bytes=args.max_body_kb * 1024,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
-                          max_n=args.max_n, chat_template=template)
+                          max_n=args.max_n, chat_template=template, host=host, port=port,
+                          allowed_hosts=tuple(args.allowed_host),
+                          cors_origins=tuple(args.cors_origin))
     app = create_app(model, tokenizer, config, engine=engine)
-    sock = _listen(args.host, args.port)
-    host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     cfg = model.config
     print(f"serving {name} ({cfg.family}, context {model.max_context or 'unlimited'}, "
@@ -127,7 +141,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
               "(--chat-template builtin for models fine-tuned here)", flush=True)
     if config.api_key is None and not _loopback(host):
         print(f"warning: listening on {host} without an API key: anyone who can reach it may use "
-              "it (--api-key KEY)", file=sys.stderr, flush=True)
+              "it (--api-key KEY); requests must name it by address or --allowed-host",
+              file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5))
     server.run(sockets=[sock])

@@ -13,13 +13,19 @@
 Requests and responses follow the OpenAI API: `max_tokens`, `temperature`, `top_p`, `n`,
 `stop`, `seed`, `stream` (server-sent events ending in `data: [DONE]`, with
 `stream_options.include_usage`), `usage` counts; plus vLLM's extra `top_k`, `min_p`,
-`repetition_penalty` and `ignore_eos`. Errors are `{"error": {"message", "type", "param",
-"code"}}` with 400 (bad request), 401 (bad or missing API key), 404 (unknown model or path),
-413 (body too large) and 503 (every slot busy and the waiting line full; retry later).
+`repetition_penalty` and `ignore_eos`. Log-probabilities (not streamed): `logprobs` (0-20
+alternatives) and `echo` for completions, `max_tokens: 0` scoring the prompt only (what
+lm-eval's `local-completions` sends); `logprobs` + `top_logprobs` for chat. They are the
+model's own (before temperature and the other filters), computed by eval/score.py for a
+prompt and by the engine for what it samples. Errors are `{"error": {"message", "type", "param",
+"code"}}` with 400 (bad request), 401 (bad or missing API key), 403 (a web page's origin
+not allowed), 404 (unknown model or path), 413 (body too large), 415 (not application/json)
+and 503 (every slot busy and the waiting line full; retry later).
 
-Safety: the API key is compared in constant time (hmac.compare_digest); bodies, prompts and
-max_tokens are bounded; the page's three files are read once at start-up, and no endpoint
-opens a file a request names.
+Safety: the API key is compared in constant time (hmac.compare_digest); bodies, prompts,
+max_tokens and JSON nesting are bounded; without a key, only JSON bodies, this server's own
+Host names and same-origin (or --cors-origin) pages are served (serve/guard.py); the page's
+three files are read once at start-up, and no endpoint opens a file a request names.
 """
 
 from __future__ import annotations
@@ -36,13 +42,17 @@ from importlib import resources
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.eval.score import Score, score_ids
 from scratchlm.generate.decode import GenerationConfig, max_new_tokens_for
 from scratchlm.generate.translate import LengthLimit
 from scratchlm.serve.batching import Busy, Engine, Event, Job
+from scratchlm.serve.guard import MAX_JSON_DEPTH, Guard, error_body, host_names, is_json, json_depth
+from scratchlm.serve.logprobs import chat_logprobs, completion_logprobs
 from scratchlm.serve.prompt import chat_prompt
 from scratchlm.tokenizers import Tokenizer
 
@@ -52,14 +62,15 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 # Arguments accepted and ignored, and those accepted only at their "off" value.
 IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}
 OFF = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
-       "logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
+       "suffix": ("",),
        "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
        "function_call": ("none", "auto"), "parallel_tool_calls": (True, False),
        "response_format": ({"type": "text"},)}
 SAMPLING = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stop", "seed",
             "top_k", "min_p", "repetition_penalty", "ignore_eos"}
-COMPLETION_ARGS = SAMPLING | {"prompt", "best_of"}
-CHAT_ARGS = SAMPLING | {"messages", "max_completion_tokens"}
+COMPLETION_ARGS = SAMPLING | {"prompt", "best_of", "logprobs", "echo"}
+CHAT_ARGS = SAMPLING | {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
+MAX_LOGPROBS = 20  # alternatives a token (vLLM's default bound; OpenAI's is 5 and 20)
 
 
 @dataclass
@@ -71,6 +82,12 @@ class ServerConfig:
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     max_n: int = 8
     chat_template: str | None = None  # a Jinja template; None: plain continuation
+    # Without an API key (serve/guard.py): the address listened on, extra Host names, and
+    # the web origins allowed to call the API (CORS).
+    host: str = "127.0.0.1"
+    port: int | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
 
 
 class ApiError(Exception):
@@ -78,10 +95,6 @@ class ApiError(Exception):
                  param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-
-def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def _error_response(e: ApiError) -> JSONResponse:
@@ -127,10 +140,12 @@ def _stop(d: dict) -> list[str]:
     return stops
 
 
-def _sampling(d: dict, cfg: ServerConfig, *, default_max_tokens: int, max_rows: int) -> dict:
-    """The GenerationConfig fields a request asks for (max_new_tokens before capping)."""
+def _sampling(d: dict, cfg: ServerConfig, *, default_max_tokens: int, max_rows: int,
+              min_tokens: int = 1) -> dict:
+    """The GenerationConfig fields a request asks for (max_new_tokens before capping; 0 only
+    where min_tokens allows it: an echoed prompt scored and nothing generated)."""
     name = "max_completion_tokens" if d.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(d, name, default_max_tokens, 1, cfg.max_tokens, integer=True)
+    max_tokens = _number(d, name, default_max_tokens, min_tokens, cfg.max_tokens, integer=True)
     n = _number(d, "n", 1, 1, min(cfg.max_n, max_rows), integer=True)
     best_of = d.get("best_of")
     if best_of is not None and best_of != n:
@@ -153,6 +168,29 @@ def _sampling(d: dict, cfg: ServerConfig, *, default_max_tokens: int, max_rows: 
         "num_samples": n,
         "ignore_eos": bool(d.get("ignore_eos", False)),
     }
+
+
+def _logprob_options(d: dict, *, chat: bool) -> tuple[int | None, bool]:
+    """(k, echo): report log-probabilities with k alternatives a token (None: not asked),
+    and whether a completion echoes its prompt (with the prompt's log-probabilities)."""
+    if chat:
+        on = d.get("logprobs")
+        if on is not None and not isinstance(on, bool):
+            raise ApiError(400, "'logprobs' must be true or false", param="logprobs")
+        top = _number(d, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
+        if top and not on:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        k, echo = ((top or 0) if on else None), False
+    else:
+        k = None if d.get("logprobs") is False else _number(d, "logprobs", None, 0, MAX_LOGPROBS,
+                                                             integer=True)
+        echo = d.get("echo", False)
+        if echo is not None and not isinstance(echo, bool):
+            raise ApiError(400, "'echo' must be true or false", param="echo")
+    if (k is not None or echo) and d.get("stream"):
+        raise ApiError(400, "'logprobs' and 'echo' are not supported with 'stream': true",
+                       param="logprobs" if k is not None else "echo")
+    return k, bool(echo)
 
 
 def _message_text(m, i: int) -> dict[str, str]:
@@ -196,6 +234,9 @@ class _Server:
                            code="invalid_api_key")
 
     async def read_json(self, request: Request) -> dict:
+        if self.cfg.api_key is None and not is_json(request.headers.get("content-type")):
+            raise ApiError(415, "the request body must be sent as 'Content-Type: application/json'",
+                           code="unsupported_media_type")
         limit = self.cfg.max_body_bytes
         too_large = ApiError(413, f"the request body is larger than this server's limit of "
                              f"{limit} bytes", code="request_too_large")
@@ -211,9 +252,12 @@ class _Server:
                 break
         if seen > limit or (length is not None and length.isdigit() and int(length) > limit):
             raise too_large
+        if json_depth(body) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} "
+                           "deep", code="too_deep")
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
@@ -249,9 +293,8 @@ class _Server:
         fields = {**fields, "max_new_tokens": max_new_tokens_for(self.model, 1, wanted)}
         return Job(config=GenerationConfig(**fields), emit=_no_emit, source=src)
 
-    def completion_jobs(self, d: dict) -> list[Job]:
-        fields = _sampling(d, self.cfg, default_max_tokens=min(16, self.cfg.max_tokens),
-                           max_rows=self.engine.max_rows)
+    def completion_prompts(self, d: dict, n: int) -> list[tuple[str | None, list[int]]]:
+        """The prompts of a completion request: (text or None for token ids, token ids)."""
         prompt = d.get("prompt")
         if isinstance(prompt, str):
             prompts = [prompt]
@@ -265,21 +308,44 @@ class _Server:
         else:
             raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids",
                            param="prompt")
-        if len(prompts) * fields["num_samples"] > self.engine.max_rows:
-            raise ApiError(400, f"{len(prompts)} prompts x n={fields['num_samples']} choices is "
+        if len(prompts) * n > self.engine.max_rows:
+            raise ApiError(400, f"{len(prompts)} prompts x n={n} choices is "
                            f"more than this server's {self.engine.max_rows} slots", param="prompt")
-        jobs = []
+        out = []
         for p in prompts:
             ids = self.tok.encode(p) if isinstance(p, str) else list(p)
             if any(t >= self.model.config.vocab_size for t in ids):
                 raise ApiError(400, "a token id in 'prompt' is outside the vocabulary", param="prompt")
-            if self.encoder_decoder:
-                if not ids:
-                    raise ApiError(400, "the prompt (the source to translate) is empty", param="prompt")
-                jobs.append(self.translation_job(ids, fields, "prompt"))
-            else:  # an empty prompt starts a new document, as in `generate`
-                jobs.append(self.decoder_job(ids or [self.tok.eos_id], fields, "prompt"))
-        return jobs
+            if self.encoder_decoder and not ids:
+                raise ApiError(400, "the prompt (the source to translate) is empty", param="prompt")
+            # An empty prompt starts a new document, as in `generate`.
+            out.append((p if isinstance(p, str) else None, ids or [self.tok.eos_id]))
+        return out
+
+    def completion_jobs(self, prompts: list[list[int]], fields: dict) -> list[Job]:
+        if self.encoder_decoder:
+            return [self.translation_job(ids, fields, "prompt") for ids in prompts]
+        return [self.decoder_job(ids, fields, "prompt") for ids in prompts]
+
+    async def score_prompts(self, prompts: list[list[int]], k: int | None) -> list[Score]:
+        """The prompts' token log-probabilities (each token after the first), computed on the
+        engine thread between decoding steps."""
+        if self.encoder_decoder:
+            raise ApiError(400, "'echo' scores a prompt under a language model; this is an "
+                           "encoder-decoder", param="echo")
+        limit = self.cfg.max_prompt_tokens
+        for ids in prompts:
+            if (limit is not None and len(ids) > limit) or (self.context and len(ids) > self.context):
+                raise ApiError(400, f"the prompt is {len(ids)} tokens; this server scores at most "
+                               f"{min(x for x in (limit, self.context) if x)}", param="prompt",
+                               code="context_length_exceeded")
+        try:
+            future = self.engine.call(lambda: score_ids(self.model, prompts, [1] * len(prompts),
+                                                        top_k=k or 0))
+        except Busy as e:
+            raise ApiError(503, f"The server is busy ({e}); retry later.", type="server_error",
+                           code="server_busy") from None
+        return await asyncio.wrap_future(future)
 
     def chat_job(self, d: dict) -> tuple[Job, int]:
         messages = d.get("messages")
@@ -331,11 +397,12 @@ class _Server:
 
     async def collect(self, request: Request, jobs: list[Job],
                       queue: asyncio.Queue) -> tuple[list, int] | None:
-        """Wait for every choice: ([(text, finish_reason)], completion tokens), or None if
-        the client went away (its jobs are cancelled, which frees their slots)."""
+        """Wait for every choice: ([(text, finish_reason, logprobs)], completion tokens), or
+        None if the client went away (its jobs are cancelled, which frees their slots)."""
         n = jobs[0].n
         texts: list[list[str]] = [[] for _ in range(len(jobs) * n)]
         reasons: list[str | None] = [None] * len(texts)
+        logprobs: list[list | None] = [None] * len(texts)
         tokens, left = 0, len(texts)
         check = time.monotonic()
         try:
@@ -353,13 +420,14 @@ class _Server:
                     texts[i].append(ev.text)
                 elif ev.kind == "finish":
                     reasons[i], tokens, left = ev.finish_reason, tokens + ev.tokens, left - 1
+                    logprobs[i] = ev.logprobs
                 else:
                     raise ApiError(500, ev.text, type="server_error")
         finally:
             if left:
                 for job in jobs:
                     self.engine.cancel(job)
-        return [("".join(t), r) for t, r in zip(texts, reasons, strict=True)], tokens
+        return [("".join(t), r, lp) for t, r, lp in zip(texts, reasons, logprobs, strict=True)], tokens
 
     async def stream(self, jobs: list[Job], queue: asyncio.Queue, *, chat: bool, rid: str,
                      prompt_tokens: int, include_usage: bool):
@@ -453,6 +521,12 @@ def create_app(model: torch.nn.Module, tokenizer: Tokenizer, config: ServerConfi
     app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.server = srv
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    hosts = None if config.api_key else host_names(config.host, config.allowed_hosts)
+    app.add_middleware(Guard, hosts=hosts, port=config.port, origins=set(config.cors_origins))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
@@ -489,17 +563,33 @@ def create_app(model: torch.nn.Module, tokenizer: Tokenizer, config: ServerConfi
         srv.authorize(request)
         d = await srv.read_json(request)
         _check_arguments(d, COMPLETION_ARGS)
-        jobs = srv.completion_jobs(d)
+        k, echo = _logprob_options(d, chat=False)
+        fields = _sampling(d, config, default_max_tokens=min(16, config.max_tokens),
+                           max_rows=engine.max_rows, min_tokens=0 if echo else 1)
+        prompts = srv.completion_prompts(d, fields["num_samples"])
+        scored = await srv.score_prompts([ids for _, ids in prompts], k) if echo else None
+        if fields["max_new_tokens"] == 0:  # the prompts' log-probabilities only
+            choices = [("", "length", [] if k is not None else None)
+                       for _ in prompts for _ in range(fields["num_samples"])]
+            return _response(srv, "cmpl-" + secrets.token_hex(12), choices, chat=False, k=k,
+                             prompts=prompts, scored=scored,
+                             usage=_usage(sum(len(ids) for _, ids in prompts), 0))
+        jobs = srv.completion_jobs([ids for _, ids in prompts], fields)
+        for job in jobs:
+            job.logprobs = k
         prompt_tokens = sum(len(j.prompt) or len(j.source or []) for j in jobs)
-        return await _respond(srv, request, d, jobs, chat=False, prompt_tokens=prompt_tokens)
+        return await _respond(srv, request, d, jobs, chat=False, prompt_tokens=prompt_tokens,
+                              k=k, prompts=prompts if echo else None, scored=scored)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         srv.authorize(request)
         d = await srv.read_json(request)
         _check_arguments(d, CHAT_ARGS)
+        k, _ = _logprob_options(d, chat=True)
         job, prompt_tokens = srv.chat_job(d)
-        return await _respond(srv, request, d, [job], chat=True, prompt_tokens=prompt_tokens)
+        job.logprobs = k
+        return await _respond(srv, request, d, [job], chat=True, prompt_tokens=prompt_tokens, k=k)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception):
@@ -529,7 +619,8 @@ def _model_card(srv: _Server) -> dict:
 
 
 async def _respond(srv: _Server, request: Request, d: dict, jobs: list[Job], *, chat: bool,
-                   prompt_tokens: int):
+                   prompt_tokens: int, k: int | None = None, prompts: list | None = None,
+                   scored: list[Score] | None = None):
     queue = srv.submit(jobs)
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     if d.get("stream"):
@@ -543,12 +634,25 @@ async def _respond(srv: _Server, request: Request, d: dict, jobs: list[Job], *, 
     if collected is None:
         return Response(status_code=499)  # nobody is listening (nginx's "client closed")
     choices, tokens = collected
+    return _response(srv, rid, choices, chat=chat, k=k, prompts=prompts, scored=scored,
+                     usage=_usage(prompt_tokens, tokens))
+
+
+def _response(srv: _Server, rid: str, choices: list, *, chat: bool, k: int | None,
+              prompts: list | None, scored: list[Score] | None, usage: dict) -> dict:
+    """The whole (not streamed) response; `prompts` and `scored` when the prompts are echoed."""
     if chat:
-        out = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": reason} for i, (text, reason) in enumerate(choices)]
+        out = [{"index": i, "message": {"role": "assistant", "content": text},
+                "logprobs": None if k is None else chat_logprobs(srv.tok, lps),
+                "finish_reason": reason} for i, (text, reason, lps) in enumerate(choices)]
     else:
-        out = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-               for i, (text, reason) in enumerate(choices)]
+        n = len(choices) // (len(prompts) if prompts else 1)
+        out = []
+        for i, (text, reason, lps) in enumerate(choices):
+            echoed = None if prompts is None else (*prompts[i // n], scored and scored[i // n])
+            full, logprobs = completion_logprobs(srv.tok, text, lps, echoed=echoed)
+            out.append({"index": i, "text": full, "logprobs": logprobs if k is not None else None,
+                        "finish_reason": reason})
     return {"id": rid, "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": srv.cfg.model_name, "choices": out,
-            "usage": _usage(prompt_tokens, tokens)}
+            "usage": usage}

@@ -7,6 +7,7 @@ with the one sampler (`decode.next_token`) and the one text streamer (`decode.Te
     engine.start()
     engine.submit(Job(prompt=ids, config=GenerationConfig(...), emit=on_event))  # any thread
     engine.cancel(job)                                                          # any thread
+    engine.call(fn)    # a Future: fn() run on the engine thread between steps (scoring)
     engine.stats()     # counters, as GET /health shows them
 
 A job is one prompt with n choices: n rows. Rows decode in batches that share a cache. Each
@@ -37,6 +38,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +63,9 @@ class Event:
     finish_reason: str | None = None  # "finish": "stop" (eos or a stop string) or "length"
     tokens: int = 0  # "finish": tokens the row generated (an eos included)
     ids: list[int] = field(default_factory=list)  # "finish": the generated ids (no eos)
+    # "finish", for a job with `logprobs`: (token, logprob, top [(id, logprob)]) for every
+    # sampled token, an <eos> included
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
 
 @dataclass(eq=False)
@@ -68,7 +73,9 @@ class Job:
     """One prompt and `config.num_samples` choices. `prompt`: token ids for a decoder-only
     model; for an encoder-decoder, `source` (ids ending in <eos>) and no prompt.
     `config.max_new_tokens` must already fit the model's context. `emit` is called on the
-    engine thread and must not block."""
+    engine thread and must not block. `logprobs` (k >= 0): report each sampled token's
+    log-probability under the model (before temperature and the other filters) and the k
+    likeliest tokens there."""
 
     config: GenerationConfig
     emit: Callable[[Event], None]
@@ -77,6 +84,7 @@ class Job:
     cancelled: bool = False
     generator: torch.Generator | None = None  # set when admitted (seeded jobs)
     finished_rows: int = 0
+    logprobs: int | None = None
 
     @property
     def n(self) -> int:
@@ -97,6 +105,7 @@ class _Row:
         self.stream = TextStream(tokenizer, job.config.stop)
         self.seen = seen  # (V,) bool, for the repetition penalty
         self.done = False
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
 
 
 class _Batch:
@@ -151,6 +160,7 @@ class Engine:
                               and isinstance(init_cache(model, batch_size=1, max_len=1), RNNState))
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._rows_in_use = 0  # rows admitted and not yet dropped (under _cv)
         self._batches: list[_Batch] = []  # the engine thread's own
         self._closing = False
@@ -191,6 +201,21 @@ class Engine:
             self._stats["requests"] += 1
             self._cv.notify()
 
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run fn() on the engine thread before its next step (work that uses the model
+        besides decoding, e.g. scoring a prompt, so the two never run at once); its result or
+        exception arrives on the returned Future. Raises Busy as submit does."""
+        future: Future = Future()
+        with self._cv:
+            if self._closing:
+                raise Busy("the server is shutting down")
+            if len(self._calls) >= max(1, self.max_waiting):
+                self._stats["rejected"] += 1
+                raise Busy("too many scoring requests are waiting")
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return future
+
     def cancel(self, job: Job) -> None:
         """Stop a job (its client went away): its rows leave their batch at the next step."""
         with self._cv:
@@ -212,6 +237,16 @@ class Engine:
     def step(self) -> None:
         """One iteration: admit waiting jobs, then feed every batch one token a row. The
         engine thread runs it in a loop; tests may call it directly instead of start()."""
+        while True:
+            with self._cv:
+                if not self._calls:
+                    break
+                fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as e:  # the caller reports it
+                    future.set_exception(e)
         self._admit()
         for batch in list(self._batches):
             self._guarded(self._step, batch, [r.job for r in batch.rows])
@@ -220,7 +255,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._closing or self._waiting or self._batches):
+                while not (self._closing or self._waiting or self._batches or self._calls):
                     self._cv.wait()
                 if self._closing:
                     break
@@ -228,6 +263,9 @@ class Engine:
         with self._cv:
             jobs = list(self._waiting) + [r.job for b in self._batches for r in b.rows]
             self._waiting.clear()
+            calls, self._calls = list(self._calls), deque()
+        for _, future in calls:
+            future.cancel()
         for job in dict.fromkeys(jobs):
             job.emit(Event("error", text="the server is shutting down"))
 
@@ -425,6 +463,8 @@ class Engine:
             seen = torch.stack([rows[i].seen for i in idx]) if rows[idx[0]].seen is not None else None
             picked = next_token(logits[torch.tensor(idx, device=self.device)], config=job.config,
                                 generator=job.generator, seen=seen)  # (len(idx),)
+            if job.logprobs is not None:
+                self._record_logprobs(job.logprobs, [rows[i] for i in idx], logits[idx], picked)
             for i, t in zip(idx, picked.tolist(), strict=True):
                 self._accept(rows[i], t)
         with self._cv:
@@ -432,6 +472,16 @@ class Engine:
             self._stats["row_steps"] += len(rows)
             self._stats["max_rows_in_step"] = max(self._stats["max_rows_in_step"], len(rows))
         self._drop(batch, [r for r in rows if r.done])
+
+    @staticmethod
+    def _record_logprobs(k: int, rows: list[_Row], logits: torch.Tensor, picked: torch.Tensor) -> None:
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (R, V) the model's own distribution
+        chosen = logp.gather(1, picked[:, None])[:, 0].tolist()  # (R,)
+        top = logp.topk(k, dim=-1) if k else None  # (R, k)
+        for j, (r, t) in enumerate(zip(rows, picked.tolist(), strict=True)):
+            alternatives = (list(zip(top.indices[j].tolist(), top.values[j].tolist(), strict=True))
+                            if top is not None else [])
+            r.logprobs.append((t, chosen[j], alternatives))
 
     def _accept(self, row: _Row, token: int) -> None:
         """A sampled token: as `decode.generate` treats it (eos ends the row, stop strings
@@ -462,7 +512,8 @@ class Engine:
             row.job.finished_rows += 1
             self._stats["finished"] += row.job.finished_rows == row.job.n
         row.job.emit(Event("finish", row.index, finish_reason=reason, tokens=row.generated,
-                           ids=row.seq[row.prompt_len :]))
+                           ids=row.seq[row.prompt_len :],
+                           logprobs=row.logprobs if row.job.logprobs is not None else None))
 
     def _drop(self, batch: _Batch, rows: list[_Row]) -> None:
         """Remove finished or cancelled rows from a batch (its cache keeps the others)."""

@@ -1,0 +1,80 @@
+"""Log-probabilities in OpenAI's response shapes, from what eval/score.py computes for a prompt
+and what the engine records for the tokens it samples ((token, logprob, [(id, logprob)])).
+
+Completions (what lm-eval's `local-completions` reads: `token_logprobs[ctxlen:-1]`, with
+`top_logprobs` to tell whether each token was the greedy one):
+
+    {"tokens": ["R", "O", ...], "token_logprobs": [null, -2.3, ...],
+     "top_logprobs": [null, {"O": -2.3}, ...], "text_offset": [0, 1, ...]}
+
+An echoed prompt comes first: its first token has no log-probability (null), as OpenAI's.
+A generated <eos> is listed (its text is empty), so the list has one entry a sampled token.
+Chat: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": null}`
+for the reply's tokens (no <eos>). `bytes` are the UTF-8 bytes of the token's text.
+"""
+
+from __future__ import annotations
+
+from scratchlm.eval.score import Score
+from scratchlm.tokenizers import Tokenizer
+
+Sampled = list[tuple[int, float, list[tuple[int, float]]]]
+
+
+def token_text(tok: Tokenizer, t: int) -> str:
+    return tok.decode([t], skip_special_tokens=False)
+
+
+def prefix_lengths(tok: Tokenizer, ids: list[int]) -> list[int]:
+    """Characters of text before each token: len(decode(ids[:i])) (decoding pieces one by one
+    would be wrong where a character spans several byte tokens)."""
+    out: list[int] = []
+    for at in range(0, len(ids), 256):  # bounded memory for long prompts
+        prefixes = [ids[:i] for i in range(at, min(at + 256, len(ids)))]
+        out += [len(t) for t in tok.hf.decode_batch(prefixes, skip_special_tokens=True)]
+    return out
+
+
+def _top(tok: Tokenizer, alternatives: list[tuple[int, float]]) -> dict[str, float]:
+    return {token_text(tok, t): lp for t, lp in alternatives}
+
+
+def completion_logprobs(
+    tok: Tokenizer, text: str, sampled: Sampled | None, *,
+    echoed: tuple[str | None, list[int], Score] | None,
+) -> tuple[str, dict | None]:
+    """(the choice's text, its `logprobs` object): with `echoed` (prompt text or None for
+    token ids, prompt ids, the prompt's Score) the prompt comes first, in text and lists."""
+    ids: list[int] = []
+    lps: list[float | None] = []
+    tops: list[dict | None] = []
+    offsets: list[int] = []
+    base = 0
+    if echoed is not None:
+        prompt_text, prompt_ids, score = echoed
+        shown = prompt_text if prompt_text is not None else tok.decode(prompt_ids)
+        text, base = shown + text, len(shown)
+        ids += prompt_ids
+        lps += [None, *score.token_logprobs]
+        tops += [None, *[_top(tok, a) for a in (score.top or [[]] * len(score.tokens))]]
+        offsets += prefix_lengths(tok, prompt_ids)
+    if sampled:
+        generated = [t for t, _, _ in sampled]
+        ids += generated
+        lps += [lp for _, lp, _ in sampled]
+        tops += [_top(tok, a) for _, _, a in sampled]
+        offsets += [base + o for o in prefix_lengths(tok, generated)]
+    if echoed is None and sampled is None:
+        return text, None
+    return text, {"tokens": [token_text(tok, t) for t in ids], "token_logprobs": lps,
+                  "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(tok: Tokenizer, sampled: Sampled | None) -> dict:
+    def entry(t: int, lp: float) -> dict:
+        s = token_text(tok, t)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+    content = [{**entry(t, lp), "top_logprobs": [entry(a, v) for a, v in top]}
+               for t, lp, top in sampled or [] if t != tok.eos_id]
+    return {"content": content, "refusal": None}
