@@ -54,18 +54,19 @@ def _names(arch: str, n_layer: int) -> set[str]:
             for i in range(n_layer) for suffix in (".weight", ".bias")}
 
 
-@pytest.mark.parametrize("arch", list(SHAPES))
-def test_every_architecture_round_trips(arch, bpe, tmp_path):
-    model = _model(arch, bpe.vocab_size)
-    assert gguf_write.gguf_architecture(model.config) == arch
-    path = gguf_write.save_gguf(tmp_path / "m.gguf", model, bpe, outtype="f32")
+@pytest.mark.parametrize(("arch", "shape"), [(a, a) for a in SHAPES] + [("llama", "qwen2")])
+def test_every_architecture_round_trips(arch, shape, bpe, tmp_path):
+    """(llama, qwen2): a model with q/k/v biases as llama.cpp's llama, biases permuted too."""
+    model = _model(shape, bpe.vocab_size)
+    assert gguf_write.gguf_architecture(model.config, arch if arch != shape else None) == arch
+    path = gguf_write.save_gguf(tmp_path / "m.gguf", model, bpe, outtype="f32", arch=arch)
     reader = gguf.GGUFReader(str(path))
     meta = read_metadata(reader)
     assert meta["general.architecture"] == arch
     assert meta["tokenizer.ggml.pre"] == "gpt-2"  # the name llama.cpp's vocab loader knows
     names = {t.name for t in reader.tensors}
     assert names <= _names(arch, 2), names - _names(arch, 2)
-    if arch == "qwen2":
+    if shape == "qwen2":
         assert {"blk.0.attn_q.bias", "blk.1.attn_v.bias"} <= names and "output.weight" not in names
     back, tok = load_gguf(path)
     assert back.config.family == model.config.family
@@ -143,6 +144,8 @@ def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
     proc = cli("convert", tmp_path / "char", dst, "--outtype", "q8_0", check=False)
     assert_clean_error(proc, "needs a byte-level BPE tokenizer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["char", "model"]  # nothing written
+    with pytest.raises(ScratchLMError, match="cannot be written as GGUF architecture 'qwen2'"):
+        gguf_write.gguf_architecture(model.config, "qwen2")  # no q/k/v biases
     with pytest.raises(ScratchLMError, match="gpt and llama families"):
         gguf_write.gguf_architecture(build_model(run_config_from_dict(
             {"model": {"family": "rnn", "vocab_size": 10}}).model).config)
