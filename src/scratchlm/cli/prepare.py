@@ -13,6 +13,7 @@ from pathlib import Path
 from scratchlm.cli import add_overwrite
 from scratchlm.data.pairs import EMPTY_POLICIES, LONG_POLICIES, is_pairs_dataset, prepare_pairs
 from scratchlm.data.pretrain import prepare
+from scratchlm.data.readers import BAD_POLICIES
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import claim_out_dir
 
@@ -21,7 +22,9 @@ HELP = "tokenize text files (or translation pairs) into train/val token files"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="text files or directories; or one pairs file / pairs dataset directory")
+                   help="text or record files (.txt, .jsonl, .json, .parquet, .csv, .tsv, .arrow; "
+                        ".gz/.xz/.zst), directories, globs or datasets directories; or one "
+                        "pairs file / pairs dataset directory")
     p.add_argument("--out", required=True, help="data directory to write")
     add_overwrite(p)
     p.add_argument("--format", choices=["auto", "text", "pairs"], default="auto",
@@ -31,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tgt-file", help="... and the target side")
     p.add_argument("--tokenizer", default="char",
                    help="char or bpe (trained on the input; for pairs, on both sides of train), "
-                        "or a tokenizer/model directory")
+                        "a tokenizer/model directory, a tokenizer.json or a GGUF file")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a new bpe tokenizer")
     p.add_argument("--val-fraction", "--valid-fraction", dest="val_fraction", type=float,
                    default=0.1, help="held out for validation (pairs: only without a valid split)")
@@ -41,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pairs: what to do with a side over --max-len")
     p.add_argument("--on-empty", choices=EMPTY_POLICIES, default="skip",
                    help="pairs: what to do with an empty line or side")
+    p.add_argument("--text-field", default="text",
+                   help="text: the column/field holding each document in .jsonl/.parquet/.csv/"
+                        "datasets inputs (default text)")
+    p.add_argument("--src-field", default="src", help="pairs: the source field/column (default src)")
+    p.add_argument("--tgt-field", default="tgt", help="pairs: the target field/column (default tgt)")
+    p.add_argument("--on-bad", choices=BAD_POLICIES, default="refuse",
+                   help="a malformed row (broken JSON, missing or non-string field): stop with "
+                        "FILE:LINE (refuse) or skip it and count it (skip)")
     p.add_argument("--src-lang", help="pairs: source language code, e.g. en (default: the dataset's meta.json)")
     p.add_argument("--tgt-lang", help="pairs: target language code, e.g. zh; picks BLEU's tokenizer")
 
@@ -66,7 +77,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     meta = prepare_pairs(data, out=args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                          max_len=args.max_len, on_long=args.on_long, on_empty=args.on_empty,
                          valid_fraction=args.val_fraction, src_lang=args.src_lang,
-                         tgt_lang=args.tgt_lang)
+                         tgt_lang=args.tgt_lang, src_field=args.src_field,
+                         tgt_field=args.tgt_field, on_bad=args.on_bad)
     counts = ", ".join(f"{c['pairs']:,} {s}" for s, c in meta["splits"].items())
     print(f"wrote {args.out}: {counts} pairs ({meta['tokenizer_kind']} tokenizer, "
           f"{meta['vocab_size']} tokens, {meta['dtype']}; longest source {meta['max_src_len']}, "
@@ -76,7 +88,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _run_text(args: argparse.Namespace) -> int:
     meta = prepare(args.inputs, out=args.out, tokenizer=args.tokenizer,
-                   vocab_size=args.vocab_size, val_fraction=args.val_fraction)
+                   vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+                   field=args.text_field, on_bad=args.on_bad)
     s = meta["splits"]
     print(f"wrote {args.out}: {s['train']['tokens']:,} train and {s['val']['tokens']:,} val tokens "
           f"({meta['tokenizer_kind']} tokenizer, {meta['vocab_size']} tokens, {meta['dtype']})")

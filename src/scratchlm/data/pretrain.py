@@ -4,8 +4,8 @@ A data directory holds `train.bin` and `val.bin` (flat token ids, uint16 when th
 fits, else uint32, read back as numpy memmaps), `meta.json`, and the `tokenizer/` used.
 Inputs are text files (one document each) or record files whose `field` holds a document
 (.jsonl, .parquet, .csv, a datasets directory, compressed or not: see data/readers.py); every
-document ends with <|eos|>. The last `val_fraction` of the input bytes (as stored) becomes
-the validation split: plain text is cut exactly there, other inputs at the next document.
+document ends with <|eos|>. Validation: the last `val_fraction` of the text files' bytes, and
+an evenly spread `val_fraction` of the records' documents (see `_assign_splits`).
 
 Reading is streamed and tokens are appended to the files, so memory stays flat however large
 the corpus. Text goes to the tokenizer in pieces cut where a byte-level BPE would split anyway
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scratchlm.data.readers import BadRows, Piece, Source, iter_pieces, list_sources
+from scratchlm.data.readers import BadRows, Source, iter_pieces, list_sources
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, inside_dir, read_json, write_json
 from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -101,7 +101,6 @@ def prepare(
                              "give its tokenizer_config.json an eos_token")
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     total_bytes = sum(s.size for s in sources)
-    boundary = (1.0 - val_fraction) * total_bytes
     counts = {"train": {"tokens": 0, "bytes": 0}, "val": {"tokens": 0, "bytes": 0}}
     eos = np.array([tok.eos_id], dtype=dtype)
     bad = BadRows(on_bad)  # a fresh count: training the tokenizer read the rows once already
@@ -121,33 +120,30 @@ def prepare(
             batch.clear()
 
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",
-                   disable=not show_progress)
+                   disable=None if show_progress else True)  # None: off when not a terminal
         start, pos, size = time.perf_counter(), 0, 0
-        split = "train"
         try:
-            for piece in iter_pieces(sources, field=field, bad=bad):
-                if split == "train" and pos >= boundary:
-                    split = "val"
-                if split == "train" and piece.exact and piece.end > boundary:
-                    head, piece = _cut(piece, int(boundary) - pos)
-                    batch.append(("train", head, False))
-                    split = "val"
-                batch.append((split, piece.text, piece.doc_end))
-                size += len(piece.text)
+            for split, text, doc_end, read in _assign_splits(sources, field=field, bad=bad,
+                                                             val_fraction=val_fraction):
+                batch.append((split, text, doc_end))
+                size += len(text)
                 if size >= BATCH_CHARS:
                     flush()
                     size = 0
                     text_mb = sum(c["bytes"] for c in counts.values()) / 1e6
                     bar.set_postfix_str(f"text {text_mb / (time.perf_counter() - start):.1f} MB/s",
                                         refresh=False)
-                bar.update(piece.end - pos)
-                pos = piece.end
+                bar.update(read - pos)
+                pos = read
             flush()
         finally:
             bar.close()
             for fh in outs.values():
                 fh.close()
         bad.report()
+        if show_progress:
+            mb, secs = sum(c["bytes"] for c in counts.values()) / 1e6, time.perf_counter() - start
+            print(f"tokenized {mb:,.1f} MB of text in {secs:,.1f} s ({mb / max(secs, 1e-9):,.1f} MB/s)")
         for split in ("train", "val"):
             if counts[split]["tokens"] < 2:
                 raise ScratchLMError(
@@ -172,10 +168,42 @@ def prepare(
     return meta
 
 
-def _cut(piece: Piece, nbytes: int) -> tuple[str, Piece]:
-    """The first `nbytes` bytes of a plain-text piece (to the character boundary) and the rest."""
-    head = piece.text.encode("utf-8")[:max(nbytes, 0)].decode("utf-8", errors="ignore")
-    return head, Piece(piece.text[len(head):], piece.end, piece.exact, piece.doc_end)
+def _assign_splits(sources: list[Source], *, field: str, bad: BadRows, val_fraction: float
+                   ) -> Iterator[tuple[str, str, bool, int]]:
+    """(split, text, doc_end, bytes of the inputs read) for every piece, in input order.
+
+    Text files: the last `val_fraction` of their bytes (as stored) is validation, cut exactly
+    inside an uncompressed file, at the next piece in a compressed one. Records: document i
+    is validation when floor((i + 1) f) > floor(i f): an evenly spread `val_fraction` of the
+    documents, whole. Both are fixed by the input alone (not by batch sizes or threads)."""
+    boundary = (1.0 - val_fraction) * sum(s.size for s in sources if s.is_text)
+    text_base = base = doc = 0
+    for src in sources:
+        prev = text_base
+        for piece in iter_pieces([src], field=field, bad=bad):
+            read = base + piece.end
+            if src.is_text:
+                end = text_base + piece.end
+                if prev < boundary < end and piece.exact:  # the split point is in this piece
+                    head, rest = _cut(piece.text, int(boundary) - prev)
+                    yield "train", head, False, read
+                    yield "val", rest, piece.doc_end, read
+                    prev = end
+                    continue
+                split = "val" if prev >= boundary else "train"
+                prev = end
+            else:
+                split = "val" if int((doc + 1) * val_fraction) > int(doc * val_fraction) else "train"
+                doc += piece.doc_end
+            yield split, piece.text, piece.doc_end, read
+        base += src.size
+        text_base += src.size if src.is_text else 0
+
+
+def _cut(text: str, nbytes: int) -> tuple[str, str]:
+    """The first `nbytes` bytes of `text` (to a character boundary), and the rest."""
+    head = text.encode("utf-8")[:max(nbytes, 0)].decode("utf-8", errors="ignore")
+    return head, text[len(head):]
 
 
 class TokenData:

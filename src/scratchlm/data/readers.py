@@ -197,6 +197,41 @@ class _Counting(io.RawIOBase):
         return n
 
 
+class _Zstd(io.RawIOBase):
+    """zstd frames one after another, decompressed; a truncated frame raises EOFError (the
+    zstandard package's stream reader returns a short read instead)."""
+
+    def __init__(self, raw: io.RawIOBase, path: Path) -> None:
+        try:
+            import zstandard
+        except ImportError:
+            raise ScratchLMError(f"{path} is zstd-compressed: pip install zstandard") from None
+        self.raw, self.dctx = raw, zstandard.ZstdDecompressor()
+        self.obj, self.in_frame = self.dctx.decompressobj(), False
+        self.out, self.at = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.at == len(self.out):
+            chunk = self.raw.read(1 << 17)
+            if not chunk:
+                if self.in_frame:
+                    raise EOFError("the last zstd frame is truncated")
+                return 0
+            out, self.in_frame = self.obj.decompress(chunk), True
+            while self.obj.eof:  # a frame ended: what follows starts the next one
+                rest = self.obj.unused_data
+                self.obj, self.in_frame = self.dctx.decompressobj(), bool(rest)
+                out += self.obj.decompress(rest) if rest else b""
+            self.out, self.at = out, 0
+        n = min(len(b), len(self.out) - self.at)
+        b[:n] = self.out[self.at : self.at + n]
+        self.at += n
+        return n
+
+
 @contextlib.contextmanager
 def open_stream(src: Source) -> Iterator[tuple[BinaryIO, _Counting]]:
     """(decompressed binary stream, the raw file with its byte count)."""
@@ -207,12 +242,7 @@ def open_stream(src: Source) -> Iterator[tuple[BinaryIO, _Counting]]:
         elif src.compression == "xz":
             stream = lzma.LZMAFile(raw, mode="rb")  # noqa: SIM115 (closed with f)
         elif src.compression == "zstd":
-            try:
-                import zstandard
-            except ImportError:
-                raise ScratchLMError(f"{src.path} is zstd-compressed: pip install zstandard") from None
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            stream = io.BufferedReader(reader, BLOCK_BYTES)
+            stream = io.BufferedReader(_Zstd(raw, src.path), BLOCK_BYTES)
         else:
             stream = io.BufferedReader(raw, BLOCK_BYTES)
         try:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scratchlm.data import readers
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizers import Tokenizer
 
@@ -235,30 +236,17 @@ def encode_record(
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
-    """(line number, record or None, error) for a JSONL file or a JSON array file."""
+    """(line number, record or None, error) for a JSONL file, a JSON array file, or any
+    record file data/readers.py reads (.parquet, .csv, .arrow, a datasets directory,
+    compressed or not); for those the number is the row's."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ScratchLMError(f"SFT data file {p} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ScratchLMError(f"{p} is not UTF-8 text ({e})") from None
-    if text.lstrip().startswith("["):  # one JSON array
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ScratchLMError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
-        # Line numbers of array items are not kept by json; report the item's index + 1.
-        for i, r in enumerate(records, 1):
-            yield i, r, None
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line), None
-        except json.JSONDecodeError as e:
-            yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+    src = readers.source_of(p)
+    if src.is_text:  # an SFT file named otherwise (.txt, no extension): JSON lines or array
+        src = readers.Source(p, "json", src.compression)
+    for row in readers.iter_rows(src):
+        yield row.number, row.value, row.error
 
 
 @dataclass
