@@ -1,4 +1,5 @@
-"""Explicit decoding state: the KV cache of Transformer decoders.
+"""Explicit decoding state: the KV cache of Transformer decoders, RNN hidden states, and the
+states of encoder-decoders, all keeping one contract (`DecodeState`).
 
 The decoder protocol (DESIGN.md): `cache = model.init_cache(batch_size=B, max_len=L)`, then
 `logits, cache = model(tokens, cache=cache)` any number of times. The cache is a plain value
@@ -7,9 +8,48 @@ that beam search can `reorder(index)`; the model never hides state of its own.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 
 from scratchlm.errors import ScratchLMError
+
+
+@runtime_checkable
+class DecodeState(Protocol):
+    """What generate, beam search and the server's batch engine may do with a decoding state.
+    Every state here keeps this contract (tests/models/test_state_protocol.py checks it for
+    every family); nothing outside models/ reads or writes a state's tensors or fields.
+
+        batch_size          rows in the state
+        length              positions fed so far, the same for every row (left padding
+                            counts: a padded row's first positions are masked, not absent)
+        check_room(t)       raise ScratchLMError if t more positions do not fit
+        advance(t)          t positions were fed (the model calls it at the end of forward)
+        reorder(index)      row i becomes row index[i] (beam search; rows leaving a batch)
+        append_rows(other)  other's rows after ours (same kind and length: rows joining)
+        grow(max_len)       room for max_len positions (a no-op where nothing is preallocated)
+
+    Left padding (`set_left_padding(pad, skip=...)`) is there only for the states of models
+    with `supports_left_padding` (decoder-only Transformers): KVCache.
+    """
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def check_room(self, t: int) -> None: ...
+    def advance(self, t: int) -> None: ...
+    def reorder(self, index: torch.Tensor) -> DecodeState: ...
+    def append_rows(self, other: DecodeState) -> DecodeState: ...
+    def grow(self, max_len: int) -> None: ...
+
+
+def _same_kind(a, b) -> None:
+    if type(a) is not type(b):
+        raise TypeError(f"cannot append rows of {type(b).__name__} to {type(a).__name__}")
+    if a.length != b.length:
+        raise ValueError(f"states of different lengths ({a.length}, {b.length}) cannot share a batch")
 
 
 class KVCache:
@@ -43,13 +83,20 @@ class KVCache:
         self._mask: tuple | None = None  # (length, t, pad, mask) of the last attention_mask call
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # reorder's second buffer
 
-    def set_left_padding(self, pad: torch.Tensor) -> None:
-        """Rows start with pad[b] padding positions (set before the first forward pass)."""
+    def set_left_padding(self, pad: torch.Tensor, *, skip: bool = False) -> None:
+        """Rows start with pad[b] padding positions (set before the first forward pass).
+        With `skip` (every row padded alike), those positions count as fed without being
+        computed: they are masked, so nothing there is ever read (the server uses this to
+        start a shorter prompt at a running batch's length)."""
         if self.length:
             raise ScratchLMError("left padding is set before the prompt is fed, on an empty cache")
         if pad.shape != (self.batch_size,):
             raise ScratchLMError(f"pad must be ({self.batch_size},), one count a row; got {tuple(pad.shape)}")
         self.pad = pad.to(device=self.k.device, dtype=torch.long) if bool(pad.any()) else None
+        if skip:
+            if self.pad is not None and not bool((self.pad == self.pad[0]).all()):
+                raise ValueError("skip needs the same padding in every row")
+            self.length = int(pad[0]) if len(pad) else 0
 
     def positions(self, start: int, t: int) -> torch.Tensor | None:
         """(B, t) positions of the next t tokens counted from each row's first real token
@@ -105,6 +152,30 @@ class KVCache:
     def advance(self, t: int) -> None:
         self.length += t
 
+    def append_rows(self, other: KVCache) -> KVCache:
+        """Other's rows after ours (same length and max_len; each row keeps its padding)."""
+        _same_kind(self, other)
+        if self.max_len != other.max_len:
+            raise ValueError("KV caches of different sizes cannot share a batch; grow() one first")
+        if self.pad is not None or other.pad is not None:  # left padding per row (none: 0)
+            self.pad = torch.cat([c.pad if c.pad is not None else
+                                  torch.zeros(c.batch_size, dtype=torch.long, device=c.k.device)
+                                  for c in (self, other)])
+        self.k = torch.cat([self.k, other.k], 1)  # (n_layer, B_a + B_b, n_kv, max_len, hd)
+        self.v = torch.cat([self.v, other.v], 1)
+        self._mask = self._spare = None
+        return self
+
+    def grow(self, max_len: int) -> None:
+        """Room for max_len positions (more than now: the filled ones are kept)."""
+        extra = max_len - self.max_len
+        if extra <= 0:
+            return
+        shape = (*self.k.shape[:3], extra, self.k.shape[4])
+        self.k = torch.cat([self.k, self.k.new_zeros(shape)], 3)  # (L, B, n_kv, max_len, hd)
+        self.v = torch.cat([self.v, self.v.new_zeros(shape)], 3)
+        self._spare = None
+
     def reorder(self, index: torch.Tensor) -> KVCache:
         """Select batch rows (beam search): row i of the result is row index[i] of this cache.
 
@@ -145,6 +216,11 @@ class SourceRows:
     def __init__(self, batch_size: int, device: torch.device | str) -> None:
         self.ids = torch.arange(batch_size, device=device)  # (B,) the source of each row
 
+    def append(self, other: SourceRows) -> None:
+        """Other's rows after ours, their sources numbered after ours."""
+        offset = int(self.ids.max()) + 1 if len(self.ids) else 0
+        self.ids = torch.cat([self.ids, other.ids + offset])
+
     def moved(self, index: torch.Tensor) -> bool:
         """Record the reorder `index` (row i <- row index[i]); True if some row now decodes a
         different source than before (so the per-source tensors must be selected too)."""
@@ -168,11 +244,27 @@ class RNNState:
     def batch_size(self) -> int:
         return self.h.shape[1]
 
+    def check_room(self, t: int) -> None:
+        """An RNN's state has no positions to run out of."""
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+    def grow(self, max_len: int) -> None:
+        """Nothing is preallocated."""
+
     def reorder(self, index: torch.Tensor) -> RNNState:
         """Select batch rows (beam search): row i of the result is row index[i]."""
         self.h = self.h.index_select(1, index)
         if self.c is not None:
             self.c = self.c.index_select(1, index)
+        return self
+
+    def append_rows(self, other: RNNState) -> RNNState:
+        _same_kind(self, other)
+        self.h = torch.cat([self.h, other.h], 1)  # (n_layer, B_a + B_b, H)
+        if self.c is not None:
+            self.c = torch.cat([self.c, other.c], 1)
         return self
 
 
@@ -209,6 +301,19 @@ class Seq2SeqRNNState(RNNState):
             self.attention = self.attention.index_select(0, index)
         return self
 
+    def append_rows(self, other: Seq2SeqRNNState) -> Seq2SeqRNNState:
+        """Other's rows after ours (their sources must be as long as ours: one mask width)."""
+        super().append_rows(other)
+        self.memory = torch.cat([self.memory, other.memory], 0)  # (B_a + B_b, S, Hm)
+        self.mask = torch.cat([self.mask, other.mask], 0)
+        if self.keys is not None:
+            self.keys = torch.cat([self.keys, other.keys], 0)
+        if self.feed is not None:
+            self.feed = torch.cat([self.feed, other.feed], 0)
+        self.attention = None  # of the last call, which the rows did not share
+        self.sources.append(other.sources)
+        return self
+
 
 class EncoderDecoderCache:
     """Decoding state of a Transformer encoder-decoder: the decoder's self-attention KV cache,
@@ -239,6 +344,19 @@ class EncoderDecoderCache:
 
     def advance(self, t: int) -> None:
         self.self_kv.advance(t)
+
+    def grow(self, max_len: int) -> None:
+        self.self_kv.grow(max_len)
+
+    def append_rows(self, other: EncoderDecoderCache) -> EncoderDecoderCache:
+        """Other's rows after ours (their sources must be as long as ours: one mask width)."""
+        _same_kind(self, other)
+        self.self_kv.append_rows(other.self_kv)
+        self.cross_k = torch.cat([self.cross_k, other.cross_k], 1)  # (n_layer, B_a + B_b, nh, S, hd)
+        self.cross_v = torch.cat([self.cross_v, other.cross_v], 1)
+        self.mask = torch.cat([self.mask, other.mask], 0)
+        self.sources.append(other.sources)
+        return self
 
     def reorder(self, index: torch.Tensor) -> EncoderDecoderCache:
         self.self_kv.reorder(index)

@@ -105,5 +105,5 @@ class RNNLM(nn.Module):
             cache.h, cache.c = new
         else:
             cache.h = new
-        cache.length += input_ids.shape[1]
+        cache.advance(input_ids.shape[1])
         return logits, cache

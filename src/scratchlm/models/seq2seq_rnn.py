@@ -189,7 +189,7 @@ class Seq2SeqRNN(nn.Module):
         else:
             out, weights = self._decode_parallel(emb, state)
         state.attention = weights
-        state.length += tgt_ids.shape[1]
+        state.advance(tgt_ids.shape[1])
         if logits_to_keep:
             out = out[:, -logits_to_keep:]
         logits = output_logits(self.lm_head, self.drop(out))  # (B, T, V)
