@@ -82,3 +82,54 @@ def test_windows_cover_every_token_once(char_data):
     arr = np.asarray(data.splits["val"], dtype=np.int64)
     assert np.array_equal(np.concatenate(xs), arr[:-1])
     assert np.array_equal(np.concatenate(ys), arr[1:])
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_parallel_output_is_byte_identical_to_one_piece_at_a_time(tmp_path, corpus, monkeypatch, kind):
+    """Batches encoded by the tokenizers library's thread pool write exactly the bytes that
+    encoding one piece at a time writes, and each document's tokens are those of encoding
+    it whole (pieces are cut where the pre-tokenizer splits anyway)."""
+    import scratchlm.data.pretrain as P
+    from scratchlm.data import readers
+
+    monkeypatch.setattr(readers, "PIECE_CHARS", 500)  # many pieces, several batches
+    monkeypatch.setattr(P, "BATCH_CHARS", 4000)
+    tok = P.resolve_tokenizer(kind, files=[corpus], vocab_size=400, show_progress=False)
+    outs = {}
+    for parallel in (True, False):
+        outs[parallel] = tmp_path / f"p{parallel}"
+        prepare([corpus], out=outs[parallel], tokenizer=tok, val_fraction=0.1, parallel=parallel,
+                show_progress=False)
+    for split in ("train", "val"):
+        a, b = ((outs[p] / f"{split}.bin").read_bytes() for p in (True, False))
+        assert a == b and len(a) > 1000
+    # The split point falls in a.txt: train holds its head, val its tail, <|eos|>, then b.txt.
+    a_bytes, b_text = (corpus / "a.txt").read_bytes(), (corpus / "b.txt").read_text(encoding="utf-8")
+    head = a_bytes[: int(0.9 * (len(a_bytes) + len(b_text.encode())))].decode()
+    train, val = (np.fromfile(outs[True] / f"{s}.bin", dtype=np.uint16).tolist() for s in ("train", "val"))
+    assert train == tok.encode(head)
+    assert val[val.index(tok.eos_id) + 1:] == [*tok.encode(b_text), tok.eos_id]
+
+
+def test_tokenizer_json_file(tmp_path, corpus, char_data):
+    """--tokenizer takes a tokenizer.json file: ours beside its config, or a bare one of
+    another library whose end-of-text token is found by its name."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers
+
+    meta = prepare([corpus], out=tmp_path / "a", tokenizer=str(char_data / "tokenizer" / "tokenizer.json"),
+                   show_progress=False)
+    assert meta["vocab_size"] == TokenData(char_data).vocab_size
+    assert (tmp_path / "a" / "train.bin").read_bytes() == (char_data / "train.bin").read_bytes()
+    hf = HF(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["<|endoftext|>"])
+    hf.save(str(tmp_path / "gpt-like.json"))
+    (tmp_path / "t.txt").write_text("hello world\n" * 50)
+    prepare([tmp_path / "t.txt"], out=tmp_path / "b", tokenizer=str(tmp_path / "gpt-like.json"),
+            show_progress=False)
+    tok = Tokenizer.load(tmp_path / "b" / "tokenizer")
+    assert tok.eos_id == 3 and np.fromfile(tmp_path / "b" / "val.bin", dtype=np.uint16)[-1] == 3
+    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer or model directory"):
+        prepare([tmp_path / "t.txt"], out=tmp_path / "c", tokenizer=str(tmp_path / "t.txt"),
+                show_progress=False)
