@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models
 
 import scratchlm
 from scratchlm.config import run_config_from_dict
@@ -15,7 +17,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.interop import gguf_write
 from scratchlm.interop.gguf import load_gguf, read_metadata
 from scratchlm.registry import build_model
-from scratchlm.tokenizers.tokenizer import train_tokenizer
+from scratchlm.tokenizers.tokenizer import Tokenizer, train_tokenizer
 from tests.cli.test_cli import assert_clean_error, cli
 
 gguf = pytest.importorskip("gguf")
@@ -80,6 +82,27 @@ def test_every_architecture_round_trips(arch, shape, bpe, tmp_path):
     assert tok.encode(text) == bpe.encode(text)
 
 
+def test_char_tokenizer_goes_in_as_sentencepiece(corpus, tmp_path):
+    """The char kind (`make demo`'s) as llama.cpp's "llama" tokenizer model: spaces as ▁, byte
+    tokens for unseen characters; read back, it gives the same ids and text."""
+    text = (corpus / "a.txt").read_text(encoding="utf-8")
+    char = train_tokenizer(kind="char", texts=[text])
+    model = _model("gpt2", char.vocab_size)
+    path = gguf_write.save_gguf(tmp_path / "c.gguf", model, char)
+    meta = read_metadata(gguf.GGUFReader(str(path)))
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_space_prefix"] is False
+    space = char.encode(" ")[0]
+    assert meta["tokenizer.ggml.tokens"][space] == "\u2581"
+    assert meta["tokenizer.ggml.token_type"][char.encode("\U0001f600")[0]] == 6  # unseen: BYTE
+    back, tok = load_gguf(path)
+    for s in ["ROMEO: What, ho!\n\n  Thou  art", " lead", "caf\u00e9 \u6211 \U0001f600", "<|eos|>"]:
+        assert tok.encode(s) == char.encode(s), s
+        assert tok.decode(tok.encode(s)) == char.decode(char.encode(s))
+    x = torch.randint(0, char.vocab_size, (1, 24))
+    with torch.no_grad():
+        assert (back(x) - model(x)).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
 def test_quantised_types(outtype, bpe, tmp_path):
     model = _model("llama", bpe.vocab_size)  # untied: output.weight is its own matrix
@@ -139,11 +162,13 @@ def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
     assert_clean_error(proc, "llama-quantize MODEL.f16.gguf MODEL.Q4_K_M.gguf Q4_K_M")
     proc = cli("convert", src, dst, "--outtype", "q3_x", check=False)
     assert_clean_error(proc, "unknown to llama.cpp")
-    char = train_tokenizer(kind="char", texts=["abc"])
-    scratchlm.save_model_dir(tmp_path / "char", _model("llama", char.vocab_size), char)
-    proc = cli("convert", tmp_path / "char", dst, "--outtype", "q8_0", check=False)
-    assert_clean_error(proc, "needs a byte-level BPE tokenizer")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["char", "model"]  # nothing written
+    proc = cli("convert", tmp_path / "nope", dst, check=False)
+    assert_clean_error(proc, "does not exist")
+    word = Tokenizer(HFTokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")), kind="other",
+                     special_tokens={})
+    with pytest.raises(ScratchLMError, match="needs a byte-level BPE or a char tokenizer"):
+        gguf_write.save_gguf(dst, _model("llama", 2), word)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing written
     with pytest.raises(ScratchLMError, match="cannot be written as GGUF architecture 'qwen2'"):
         gguf_write.gguf_architecture(model.config, "qwen2")  # no q/k/v biases
     with pytest.raises(ScratchLMError, match="gpt and llama families"):

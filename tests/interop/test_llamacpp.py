@@ -1,10 +1,11 @@
 """llama.cpp itself runs scratchlm's GGUF exports (built by bench/llamacpp.py from the source
 vendored in llama-cpp-python 0.3.36; skipped, in one line, where it is not built).
 
-Two tiny models are trained for a few hundred steps on the shipped Shakespeare sample (byte-level
-BPE, 512 tokens), so that greedy decoding is not degenerate: a llama-family model with q/k/v
-biases, written both as llama.cpp's "qwen2" and as its "llama" (permuted q/k rows and biases),
-and a gpt model written as "gpt2". For each:
+Two tiny models are trained for a few hundred steps on the shipped Shakespeare sample, so that
+greedy decoding is not degenerate: a llama-family model with q/k/v biases and a byte-level BPE
+tokenizer (512 tokens), written both as llama.cpp's "qwen2" and as its "llama" (permuted q/k
+rows and biases), and a gpt model with a char tokenizer (what `make demo` trains) written as
+"gpt2" with llama.cpp's sentencepiece tokenizer model. For each:
 - llama.cpp tokenizes the held-out text to our token ids (llama-tokenize);
 - llama.cpp's greedy continuation of a held-out prompt on our F16 export is the text of
   scratchlm's greedy tokens on the same file (llama-completion, --temp 0);
@@ -40,7 +41,8 @@ from scratchlm.tokenizers.tokenizer import train_tokenizer  # noqa: E402
 N_CTX = 64  # the models' context, and llama-perplexity's chunk
 NEW = 32  # greedy tokens compared
 HELD = 20_000  # characters of the sample held out (the end)
-FAMILY = {"qwen2": "llama", "llama": "llama", "gpt2": "gpt"}
+# GGUF architecture -> (model family, tokenizer kind)
+SETUPS = {"qwen2": ("llama", "bpe"), "llama": ("llama", "bpe"), "gpt2": ("gpt", "char")}
 
 
 def run_tool(name: str, *args) -> subprocess.CompletedProcess:
@@ -60,8 +62,9 @@ def texts() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(texts):
-    return train_tokenizer(kind="bpe", texts=[texts[0]], vocab_size=512)
+def tokenizers(texts):
+    return {kind: train_tokenizer(kind=kind, texts=[texts[0]], vocab_size=512)
+            for kind in ("bpe", "char")}
 
 
 def _train(family: str, tokenizer, text: str, steps: int = 200, batch: int = 16):
@@ -85,24 +88,26 @@ def _train(family: str, tokenizer, text: str, steps: int = 200, batch: int = 16)
 
 
 @pytest.fixture(scope="module")
-def trained(tokenizer, texts):
-    """family -> a model trained on the first part of the sample (once per family)."""
-    models: dict[str, torch.nn.Module] = {}
+def trained(tokenizers, texts):
+    """arch -> (model trained on the first part of the sample, its tokenizer); each model is
+    trained once."""
+    models: dict[tuple[str, str], torch.nn.Module] = {}
 
-    def get(family: str):
-        if family not in models:
-            models[family] = _train(family, tokenizer, texts[0])
-        return models[family]
+    def get(arch: str):
+        family, kind = SETUPS[arch]
+        if (family, kind) not in models:
+            models[family, kind] = _train(family, tokenizers[kind], texts[0])
+        return models[family, kind], tokenizers[kind]
 
     return get
 
 
 @pytest.fixture
-def f16(request, trained, tokenizer, tmp_path):
+def f16(request, trained, tmp_path):
     arch = request.param
-    path = save_gguf(tmp_path / f"{arch}.f16.gguf", trained(FAMILY[arch]), tokenizer,
-                     outtype="f16", arch=arch)
-    return arch, path
+    model, tokenizer = trained(arch)
+    path = save_gguf(tmp_path / f"{arch}.f16.gguf", model, tokenizer, outtype="f16", arch=arch)
+    return arch, path, tokenizer
 
 
 def _greedy(model, ids: list[int], n: int) -> list[int]:
@@ -113,9 +118,9 @@ def _greedy(model, ids: list[int], n: int) -> list[int]:
     return x[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("f16", list(FAMILY), indirect=True)
-def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, tokenizer, texts, tmp_path):
-    arch, path = f16
+@pytest.mark.parametrize("f16", list(SETUPS), indirect=True)
+def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, texts, tmp_path):
+    arch, path, tokenizer = f16
     held = texts[1]
     (tmp_path / "held.txt").write_text(held[:4000], encoding="utf-8")
     theirs = run_tool("llama-tokenize", "-m", path, "-f", tmp_path / "held.txt", "--ids",
@@ -123,9 +128,11 @@ def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, tokenizer, te
     assert [int(t) for t in re.findall(r"\d+", theirs)] == tokenizer.encode(held[:4000])
 
     ours, tok = load_gguf(path)  # the same f16-rounded weights, computed in float32
-    prompt = held[held.index("\n", 1000) + 1:][:60].rstrip()
+    prompt = held[held.index("\n", 1000) + 1:][:60]
+    while len(tok.encode(prompt.rstrip())) + NEW > N_CTX:
+        prompt = prompt[:-1]
+    prompt = prompt.rstrip()
     ids = tok.encode(prompt)
-    assert len(ids) + NEW <= N_CTX
     want = _greedy(ours, ids, NEW)
     assert len(set(want)) >= 8, tok.decode(want)  # a continuation, not one token repeated
     (tmp_path / "prompt.txt").write_text(prompt + "\n", encoding="utf-8")
@@ -154,14 +161,14 @@ def _ppl(path, held_file) -> float:
     return float(re.search(r"Final estimate: PPL = ([\d.]+)", proc.stdout + proc.stderr).group(1))
 
 
-@pytest.mark.parametrize("f16", list(FAMILY), indirect=True)
-def test_llamacpp_perplexity_of_quantised_exports(f16, trained, tokenizer, texts, tmp_path):
-    arch, path = f16
+@pytest.mark.parametrize("f16", list(SETUPS), indirect=True)
+def test_llamacpp_perplexity_of_quantised_exports(f16, trained, texts, tmp_path):
+    arch, path, tokenizer = f16
     held_file = tmp_path / "held.txt"
     held_file.write_text(texts[1], encoding="utf-8")
     ours, tok = load_gguf(path)
     ppl = {"ours": _ppl_ours(ours, tok.encode(texts[1])), "f16": _ppl(path, held_file)}
-    model = trained(FAMILY[arch])
+    model, _ = trained(arch)
     for q in ("q8_0", "q4_0"):
         ppl[q] = _ppl(save_gguf(tmp_path / f"{q}.gguf", model, tokenizer, outtype=q, arch=arch),
                       held_file)

@@ -19,8 +19,9 @@ matrix whose rows are not a multiple of the 32-value block is written f16.
 K-quants (Q4_K_M, ...) are llama.cpp's own: `llama-quantize model.f16.gguf out.gguf Q4_K_M`
 makes them from our f16 export. Asking for one here is refused with that command.
 
-The tokenizer goes in as llama.cpp's "gpt2" model (byte-level BPE with merges) and the
-`tokenizer.ggml.pre` name whose split regex equals ours, so llama.cpp tokenizes as we do.
+The tokenizer goes in so that llama.cpp tokenizes as we do: byte-level BPE as llama.cpp's "gpt2"
+model (merges, and the `tokenizer.ggml.pre` name whose split regex equals ours); a char
+tokenizer as its sentencepiece model "llama" (see `_char_metadata`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.interop.gguf import (
     _PRE_SPLITS,
+    BYTE,
     CONTROL,
     NORMAL,
     UNUSED,
@@ -105,15 +108,9 @@ def _pre_name(tokenizer) -> str:
                          f"({' + '.join(str(k) for k in kinds)})")
 
 
-def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
-    if tokenizer.kind != "bpe":
-        raise ScratchLMError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); this one "
-                             f"is {tokenizer.kind!r} (prepare with --tokenizer bpe)")
-    spec = json.loads(tokenizer.hf.to_str())
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise ScratchLMError("GGUF export needs a BPE tokenizer")
-    pre = _pre_name(tokenizer)
+def _token_list(tokenizer, vocab_size: int, kind_of) -> tuple[list[str], list[int]]:
+    """Every id's token and llama.cpp token type; ids the tokenizer lacks (a model vocabulary
+    padded beyond it) become unused [PADn] tokens. `kind_of(token)`: the type of a normal one."""
     id_to_token = {i: t for t, i in tokenizer.hf.get_vocab(with_added_tokens=True).items()}
     added = tokenizer.hf.get_added_tokens_decoder()
     tokens, types = [], []
@@ -121,18 +118,16 @@ def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
         if i not in id_to_token:
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
-            continue
-        tokens.append(id_to_token[i])
-        if i in added:
+        elif i in added:
+            tokens.append(id_to_token[i])
             types.append(CONTROL if added[i].special else USER_DEFINED)
         else:
-            types.append(NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+            tokens.append(id_to_token[i])
+            types.append(kind_of(id_to_token[i]))
+    return tokens, types
+
+
+def _special_ids(writer, tokenizer) -> None:
     for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                       ("unk", writer.add_unk_token_id)):
         i = getattr(tokenizer, f"{role}_id")
@@ -143,6 +138,50 @@ def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
     writer.add_add_bos_token(False)  # scratchlm does not prepend BOS to a prompt
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
+
+
+def _char_metadata(writer, tokenizer, vocab_size: int) -> None:
+    """A char tokenizer as llama.cpp's sentencepiece model ("llama"): one token per character,
+    the space as "▁" (llama.cpp's SPM tokenizer writes spaces so), the <0xXX> tokens typed BYTE
+    for the fallback on unseen characters, no prefix space. No token spans two characters, so
+    no merge ever applies and the scores (0) do not matter: llama.cpp splits text as we do."""
+    if "\u2581" in tokenizer.hf.get_vocab():
+        raise ScratchLMError("GGUF export: this char tokenizer has '\u2581' as a character, which "
+                             "llama.cpp's sentencepiece tokenizer reserves for the space")
+
+    def kind_of(t: str) -> int:
+        return BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", t) else NORMAL
+
+    tokens, types = _token_list(tokenizer, vocab_size, kind_of)
+    tokens = [t.replace(" ", "\u2581") if ty == NORMAL else t for t, ty in zip(tokens, types, strict=True)]
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(False)
+    _special_ids(writer, tokenizer)
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
+    if tokenizer.kind == "char":
+        return _char_metadata(writer, tokenizer, vocab_size)
+    if tokenizer.kind != "bpe":
+        raise ScratchLMError("GGUF export needs a byte-level BPE or a char tokenizer (the kinds "
+                             f"scratchlm trains); this one is {tokenizer.kind!r}")
+    spec = json.loads(tokenizer.hf.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ScratchLMError("GGUF export needs a BPE tokenizer")
+    pre = _pre_name(tokenizer)
+    tokens, types = _token_list(tokenizer, vocab_size, lambda t: NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    _special_ids(writer, tokenizer)
 
 
 # ----------------------------------------------------------------------------- hyperparameters
