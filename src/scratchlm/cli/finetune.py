@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from scratchlm.cli.train import report_done
+from scratchlm.cli.train import report_done, stopped
 from scratchlm.config import load_yaml, parse_overrides, run_config_from_dict
 from scratchlm.data.sft import SFTData, chat_template_of, load_examples, split_examples
 from scratchlm.errors import ScratchLMError
@@ -34,6 +34,7 @@ from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
 from scratchlm.train import distributed
 from scratchlm.train.finetune import FAMILIES, adapter_io, prepare_model, sft_loss
+from scratchlm.train.interrupt import Interrupted
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
 HELP = "fine-tune a model directory on SFT data (LoRA or full)"
@@ -98,10 +99,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         claim_out_dir(out, overwrite=args.overwrite, reuse=unstarted and is_ours(out),
                       inputs=[args.model_dir, cfg.finetune.data, cfg.finetune.val_data],
                       kind="run directory")
-    return distributed.run(cfg.train.strategy, cfg.train.device, lambda d: _run(args, cfg, out, d))
+    argv = ["finetune", args.model_dir, *(["--data", args.data] if args.data else []),
+            *(["--val-data", args.val_data] if args.val_data else []),
+            *(["--method", args.method] if args.method else []), "--out", args.out,
+            *(["--config", args.config] if args.config else []), *extra]
+    return distributed.run(cfg.train.strategy, cfg.train.device,
+                           lambda d: _run(args, cfg, out, d, argv))
 
 
-def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
+def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist, argv: list[str]) -> int:
     say = print if d.is_main else (lambda *a, **k: None)
     ft = cfg.finetune
     if not ft.data:
@@ -155,7 +161,10 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
                       loss_fn=sft_loss, dist=d, **io)
     if not args.resume:  # the same fixed validation batches as every later evaluation
         say(f"val loss before fine-tuning: {trainer.evaluate():.4f}")
-    summary = trainer.fit(resume=args.resume)
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except Interrupted as e:  # SIGINT/SIGTERM: saved at a step boundary
+        return stopped(e, argv, out, d)
     if not d.is_main:
         return 0
     png = report_done(out, summary, say)

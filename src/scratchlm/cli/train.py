@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -23,8 +25,10 @@ from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.plot import plot_run
 from scratchlm.eval.translation import validator
+from scratchlm.fileio import claim_out_dir
 from scratchlm.registry import build_model, is_encoder_decoder
 from scratchlm.train import distributed, init_from
+from scratchlm.train.interrupt import Interrupted
 from scratchlm.train.seq2seq import Seq2SeqLoss
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
@@ -48,6 +52,27 @@ def report_done(out: Path, summary: dict, say=print) -> Path:
     return png
 
 
+def resume_command(argv: list[str], d: distributed.Dist, *, resume: bool = True) -> str:
+    """The command that continues a stopped run: this one with --resume and without
+    --overwrite (under torchrun with as many processes when it ran there)."""
+    words = [a for a in argv if a not in ("--overwrite", "--resume")] + ["--resume"] * resume
+    head = (["torchrun", "--standalone", f"--nproc_per_node={d.world}", "-m", "scratchlm"]
+            if d.enabled else ["scratchlm"])
+    return shlex.join(head + words)
+
+
+def stopped(e: Interrupted, argv: list[str], out: Path, d: distributed.Dist) -> int:
+    """A run stopped by SIGINT/SIGTERM (train and finetune): one line saying how to go on,
+    and exit status 128 + the signal (130, 143)."""
+    if d.is_main:
+        if (out / "last").is_dir():
+            print(f"{e}; resume with: {resume_command(argv, d)}", file=sys.stderr)
+        else:  # stopped before its first checkpoint: the same command starts it again
+            print(f"{e}; start it again with: {resume_command(argv, d, resume=False)}",
+                  file=sys.stderr)
+    return e.exit_code
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out)
     if args.resume and args.overwrite:
@@ -56,11 +81,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and not config_path and (out / "config.yaml").is_file():
         config_path = out / "config.yaml"
     cfg = load_run_config(config_path, overrides=extra)
-    return distributed.run(cfg.train.strategy, cfg.train.device, lambda d: _run(args, cfg, out, d))
+    argv = ["train", *(["--data", args.data] if args.data else []), "--out", args.out,
+            *(["--config", args.config] if args.config else []), *extra]
+    return distributed.run(cfg.train.strategy, cfg.train.device,
+                           lambda d: _run(args, cfg, out, d, argv))
 
 
-def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
+def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist, argv: list[str]) -> int:
     say = print if d.is_main else (lambda *a, **k: None)
+    if d.is_main and not args.resume:
+        # A marked run directory is reused: the Trainer starts a run that stopped before its
+        # first checkpoint again, and refuses (naming --resume) one that has a checkpoint.
+        claim_out_dir(out, overwrite=args.overwrite, kind="run directory", reuse=True,
+                      inputs=[args.data or cfg.data.dir, cfg.train.init_from])
+    d.barrier()
     if args.data:
         cfg.data.dir = args.data
     if not cfg.data.dir:
@@ -117,7 +151,10 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist) -> int:
             rank=d.rank, world=d.world)
     trainer = Trainer(model=model, config=cfg, tokenizer=tokenizer, out_dir=out, dist=d,
                       **trainer_kwargs)
-    summary = trainer.fit(resume=args.resume)
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except Interrupted as e:
+        return stopped(e, argv, out, d)
     if not d.is_main:
         return 0
     png = report_done(out, summary)

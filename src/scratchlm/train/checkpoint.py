@@ -2,6 +2,11 @@
 
 Everything in trainer_state.pt is tensors and plain containers, so it loads with
 `torch.load(weights_only=True)`: a checkpoint can never run code.
+
+A checkpoint is built in a temp directory and swapped in whole (fileio.atomic_dir: one
+atomic exchange where the OS has it, else two renames), so a kill at any moment leaves a
+complete `last/` or, between the two renames, a complete `.last.old-PID` that `recover`
+moves back before the next run looks for `last/`.
 """
 
 from __future__ import annotations
@@ -14,11 +19,21 @@ from typing import Any
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir
+from scratchlm.fileio import atomic_dir, clean_leftovers
 from scratchlm.modeldir import write_model_files
 from scratchlm.tokenizers import Tokenizer
 
 STATE_FILE = "trainer_state.pt"
+# What a run writes in its directory (each through a temp name beside it).
+RUN_NAMES = ("last", "best", "final", "metrics.jsonl", "config.yaml", "loss.png")
+
+
+def recover(run_dir: str | os.PathLike) -> None:
+    """Before a run uses its directory: remove the temp files and directories that dead
+    writers left (a kill -9 during a save), and put back a `last/` a kill took out in the
+    middle of its swap. What a live process is writing is left alone."""
+    for name in RUN_NAMES:
+        clean_leftovers(Path(run_dir) / name)
 
 
 def save_checkpoint(

@@ -5,8 +5,9 @@ no loss is wanted), which parameters have requires_grad, and the loss function; 
 this one. A run directory holds:
 
     config.yaml      the resolved config of the run
-    metrics.jsonl    one JSON line per log step: step, train_loss, val_loss, lr, tokens_per_s,
-                     peak_mem_mib (largest rank; CUDA tensor memory on a GPU, else peak RSS)
+    metrics.jsonl    one JSON line per log step: step, train_loss, val_loss, lr, grad_norm,
+                     tokens_per_s, peak_mem_mib (largest rank; CUDA tensor memory on a GPU,
+                     else peak RSS); also in tensorboard/ with train.report_to [jsonl, tensorboard]
     last/            model directory + trainer_state.pt: what --resume continues from
     best/            model directory with the lowest validation loss so far
     final/           model directory at the end of the run
@@ -15,9 +16,12 @@ What a checkpoint keeps is the `write_model` / `read_model` pair: by default a c
 model directory (modeldir.write_model_files); a LoRA run keeps only its adapter
 (scratchlm.peft.write_adapter_files / read_adapter_weights).
 
-Resume is exact: batches are a function of (seed, step, micro-step), and the optimizer,
-step and RNG states are restored, so on CPU a resumed run ends bit-identical to an
-uninterrupted one.
+Resume is exact: batches are a function of (seed, step, micro-step), dropout's RNG is
+reseeded from (seed, rank, step) at every step, and the optimizer and step are restored, so
+on CPU a resumed run ends bit-identical to an uninterrupted one, on one process or several.
+SIGINT and SIGTERM stop the run at the next step boundary with a checkpoint
+(scratchlm.train.interrupt); a run killed outright resumes from its last checkpoint, which a
+kill can never leave half-swapped (fileio.atomic_dir, recovered by checkpoint.recover).
 
 Under torchrun the same loop runs on every rank (scratchlm.train.distributed): the model is
 wrapped by DDP or sharded by FSDP2, losses and token counts are averaged / summed over ranks,
@@ -29,7 +33,6 @@ the same global batch.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
@@ -45,14 +48,17 @@ from tqdm import tqdm
 
 from scratchlm.config import RunConfig, run_config_from_dict
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, atomic_file
+from scratchlm.fileio import atomic_dir, atomic_file, is_ours, mark_dir
+from scratchlm.hardware import capabilities, describe
 from scratchlm.interop import hf
 from scratchlm.modeldir import load_state, write_model_files
 from scratchlm.tokenizers import Tokenizer
 from scratchlm.train import distributed
-from scratchlm.train.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from scratchlm.train.checkpoint import load_trainer_state, recover, rng_state, save_checkpoint
 from scratchlm.train.distributed import Dist
+from scratchlm.train.interrupt import Aborted, Interrupted, StopRequest, signal_name
 from scratchlm.train.optim import lr_at, make_optimizer
+from scratchlm.train.report import TB_DIR, Reporter, check_report_to, truncate_metrics
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[str, np.random.Generator], Batch]
@@ -65,9 +71,11 @@ ModelReader = Callable[[Path, torch.nn.Module], None]
 # Train keys that may change on --resume without changing the result of the steps already run.
 RESUMABLE_TRAIN_KEYS = {"max_steps", "eval_every", "save_every", "log_every", "eval_batches",
                         "device", "compile", "patience", "val_translate", "val_beam", "strategy",
-                        "activation_checkpointing", "threads"}
+                        "activation_checkpointing", "threads", "report_to"}
 # batch_size may change too when processes change, as long as the global batch does not.
 EVAL_STREAM = 0x5EED_E7A1  # a separate seed stream for the fixed validation batches
+# What a run directory holds before its first checkpoint: such a run is simply started again.
+EARLY_RUN_FILES = ("metrics.jsonl", "best", TB_DIR, "loss.png")
 
 
 def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -135,6 +143,8 @@ class Trainer:
                                  "train seq2seq models without torchrun")
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        check_report_to(self.cfg.report_to)
+        self.reporter: Reporter | None = None  # rank 0's, while fit runs
         self.device = resolve_device(distributed.device_of(self.dist, self.cfg.device))
         self.amp_dtype = autocast_dtype(self.cfg.dtype, self.device)
         # Under FSDP a weightless copy for writing full weights (taken while still on the CPU).
@@ -164,20 +174,35 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
     def _prepare_run_dir(self, *, resume: bool) -> None:
         cfg_path = self.out / "config.yaml"
+        if self.dist.is_main:
+            recover(self.out)  # dead writers' temp files; a checkpoint swap a kill cut short
+        self.dist.barrier()
         if resume:
             if not (self.out / "last").is_dir():
-                raise ScratchLMError(f"{self.out} has no checkpoint (last/) to resume from")
+                early = cfg_path.is_file() and not (self.out / "final").exists()
+                raise ScratchLMError(
+                    f"{self.out} has no checkpoint (last/) to resume from"
+                    + ("; it stopped before its first one: run the same command without "
+                       "--resume to start it again" if early else ""))
             state = load_trainer_state(self.out / "last")
             self._check_compatible(cfg_path, state)
             self._load_checkpoint(self.out / "last", state)
-        elif (self.out / "last").exists() or (self.out / "metrics.jsonl").exists():
+        elif (self.out / "last").exists() or (self.out / "final").exists():
             raise ScratchLMError(
                 f"{self.out} already holds a run; pass --resume to continue it, --overwrite to "
                 "start over, or choose another --out"
             )
+        elif any((self.out / n).exists() for n in EARLY_RUN_FILES):
+            # Killed before its first checkpoint: nothing to continue, so it starts again.
+            self.dist.barrier()  # every rank has looked before rank 0 clears
+            if self.dist.is_main:
+                print(f"{self.out} holds a run stopped before its first checkpoint: starting it again")
+                clear_run_dir(self.out)
         self.dist.barrier()  # every rank has checked before rank 0 writes
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not is_ours(self.out):
+                mark_dir(self.out)
             with atomic_file(cfg_path) as f:
                 yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
 
@@ -222,14 +247,13 @@ class Trainer:
             self.exporter.load_optimizer_state(self.optimizer, optim)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])  # rank 0's; other ranks draw their own dropout masks
-        if self.dist.rank:
-            torch.manual_seed(_rank_seed(self.cfg.seed, self.dist.rank, int(state["step"])))
+        # No RNG state to restore: each step reseeds from (seed, rank, step) (_step_seed).
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
         self.best_score = float(state.get("best_score", -self.best_val))
         self.bad_evals = int(state.get("bad_evals", 0))
-        self._truncate_metrics(self.step)
+        if self.dist.is_main:
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     def _save_checkpoint(self) -> None:
         """Full weights and a name-keyed optimizer state, whatever the strategy: the same
@@ -246,7 +270,7 @@ class Trainer:
             "world_size": self.dist.world,
             "batch_size": self.cfg.batch_size,
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(),  # for readers; the next step reseeds (_step_seed)
             "best_val": self.best_val,
             "best_score": self.best_score,
             "bad_evals": self.bad_evals,
@@ -263,20 +287,13 @@ class Trainer:
                 with atomic_dir(path) as tmp:
                     self.write_model(tmp, full, self.tokenizer)
 
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.out / "metrics.jsonl"
-        if not path.is_file() or not self.dist.is_main:
-            return
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
-        with atomic_file(path) as f:
-            f.write("".join(ln + "\n" for ln in keep))
-
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
+        if self.reporter is None:  # ranks > 0
             return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out / "metrics.jsonl"
+        if not path.is_file() or path.stat().st_size == 0:  # the first record: where it ran
+            record = {**record, "hardware": capabilities().as_dict()}
+        self.reporter.log(record)
 
     def _say(self, bar, message: str) -> None:
         if self.dist.is_main:
@@ -331,9 +348,13 @@ class Trainer:
             self.bad_evals += 1
         return val_loss
 
-    def _train_step(self) -> float:
-        """One optimizer step over grad_accum micro-batches; returns the mean loss."""
+    def _train_step(self, *, want_norm: bool = False) -> tuple[float, float | None]:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss and, when
+        clipping or asked (log steps), the gradients' total norm before clipping."""
         cfg = self.cfg
+        # Dropout's masks are a function of (seed, rank, step), like the batches: a resumed
+        # run draws exactly what an uninterrupted one would, whatever happened in between.
+        torch.manual_seed(_step_seed(cfg.seed, self.dist.rank, self.step))
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -362,23 +383,51 @@ class Trainer:
                 f"applied. Lower train.lr (now {cfg.lr}) or check the data; the last good "
                 f"checkpoint is in {self.out / 'last'}"
             )
-        if cfg.grad_clip > 0:
+        norm = None
+        if cfg.grad_clip > 0 or want_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            # max_norm inf: the norm only (the grads are multiplied by exactly 1.0).
+            total = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if want_norm:  # a DTensor under FSDP
+                norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return value
+        return value, norm
 
     def fit(self, *, resume: bool = False, until_step: int | None = None) -> dict[str, Any]:
         """Train to train.max_steps (or stop after `until_step`, as if interrupted there).
-        Returns a summary: step, last train loss, best and last validation loss."""
+        Returns a summary: step, last train loss, best and last validation loss. Raises
+        Interrupted on SIGINT/SIGTERM, after saving the step it was in (interrupt.py)."""
         cfg = self.cfg
-        self._prepare_run_dir(resume=resume)
-        if not resume:  # dropout's RNG; a resumed run restores its own
-            torch.manual_seed(_rank_seed(cfg.seed, self.dist.rank, 0) if self.dist.rank else cfg.seed)
-        stop = cfg.max_steps if until_step is None else min(until_step, cfg.max_steps)
+        request = StopRequest(quiet=not self.dist.is_main)
+        with request.installed():
+            self._prepare_run_dir(resume=resume)
+            if self.dist.is_main:
+                self.reporter = Reporter(self.out, cfg.report_to, start_step=self.step)
+            try:
+                summary = self._loop(request, cfg.max_steps if until_step is None
+                                     else min(until_step, cfg.max_steps))
+            except Aborted as e:
+                raise Interrupted(
+                    f"aborted by a third {signal_name(e.signum)} at step {self.step}: nothing more "
+                    f"was saved; {self.out / 'last'} holds the last checkpoint",
+                    signum=e.signum, step=self.step, saved=False) from None
+            finally:
+                if self.reporter is not None:
+                    self.reporter.close()
+                    self.reporter = None
+        return summary
+
+    def _stop_signal(self, request: StopRequest) -> int:
+        """The signal that stops the run at this step boundary (0: none). Under torchrun the
+        ranks agree (the largest of theirs), so all stop after the same step."""
+        return int(self.dist.max_float(float(request.signum or 0), self.device))
+
+    def _loop(self, request: StopRequest, stop: int) -> dict[str, Any]:
+        cfg = self.cfg
         self.model.train()
         show = self.show_progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
@@ -390,22 +439,25 @@ class Trainer:
                        f"sequences per step ({self.dist.describe()}, {self.device}"
                        + (f", {torch.get_num_threads()} torch thread{'s' * (torch.get_num_threads() > 1)})"
                           if self.device.type == "cpu" else ")"))
+        self._say(bar, f"{describe()}; training precision: {self.amp_dtype or torch.float32}")
         flops_per_token = (distributed.train_flops_per_token(self.model, self.config.model.block_size)
                            if self.peak_flops else 0.0)
         last_loss, val_loss = math.nan, math.nan
         t_log, steps_since = time.perf_counter(), 0
         try:
             while self.step < stop:
-                last_loss = self._train_step()
+                log_step = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == stop
+                last_loss, grad_norm = self._train_step(want_norm=log_step)
                 steps_since += 1
                 bar.update(1)
                 record: dict[str, Any] | None = None
-                if (self.step % cfg.log_every == 0 or self.step == stop):
+                if log_step:
                     dt = time.perf_counter() - t_log
                     tok_s = self.dist.sum_int(self.tokens_seen, self.device) / max(dt, 1e-9)
                     peak = self.dist.max_float(distributed.peak_memory_mib(self.device), self.device)
                     record = {"step": self.step, "train_loss": last_loss,
-                              "lr": lr_at(self.step - 1, cfg), "tokens_per_s": round(tok_s, 1),
+                              "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm,
+                              "tokens_per_s": round(tok_s, 1),
                               "peak_mem_mib": round(peak, 1)}  # the largest of any rank
                     postfix = {"loss": f"{last_loss:.4f}", "tok_s": f"{tok_s:,.0f}"}
                     if flops_per_token:  # model FLOPs utilisation of all the GPUs together
@@ -423,36 +475,40 @@ class Trainer:
                     t_log, steps_since, self.tokens_seen = time.perf_counter(), 0, 0
                 if record is not None:
                     self._log(record)
-                if self.step % cfg.save_every == 0 or self.step == stop or stopping:
+                saved = self.step % cfg.save_every == 0 or self.step == stop or stopping
+                if saved:
                     self._save_checkpoint()
+                signum = self._stop_signal(request)
+                if signum:
+                    if not saved:
+                        self._save_checkpoint()
+                    self.dist.barrier()  # saved before any rank leaves
+                    raise Interrupted(
+                        f"{signal_name(signum)}: stopped after step {self.step} of {cfg.max_steps}, "
+                        f"saved in {self.out / 'last'}", signum=signum, step=self.step, saved=True)
                 if stopping:
                     self._say(bar, f"early stop at step {self.step}: {cfg.best_metric} has not improved "
                               f"for {cfg.patience} evaluations (train.patience)")
                     break
-        except KeyboardInterrupt:
+            if self.step >= cfg.max_steps or (cfg.patience > 0 and self.bad_evals >= cfg.patience):
+                self._save_model(self.out / "final")
+        finally:
             bar.close()
-            self._save_checkpoint()
-            raise ScratchLMError(
-                f"interrupted; step {self.step} is saved in {self.out / 'last'}: continue with "
-                f"the same command and --resume"
-            ) from None
-        bar.close()
-        if self.step >= cfg.max_steps or (cfg.patience > 0 and self.bad_evals >= cfg.patience):
-            self._save_model(self.out / "final")
         self.dist.barrier()  # the files are written before any rank returns
         return {"step": self.step, "train_loss": last_loss, "val_loss": val_loss,
                 "best_val_loss": self.best_val}
 
 
-def _rank_seed(seed: int, rank: int, step: int) -> int:
-    """Dropout's seed on ranks > 0: each rank its own masks (rank 0 keeps the run's seed)."""
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """Dropout's seed for one step of one rank: each rank its own masks, each step its own,
+    independent of anything that ran before (so resuming cannot change them)."""
     return int(np.random.default_rng([seed, rank, step, 0xD0]).integers(2**62))
 
 
 def clear_run_dir(path: str | Path) -> None:
     """Remove a previous run's outputs (for --overwrite)."""
     p = Path(path)
-    for name in ("last", "best", "final", "metrics.jsonl", "config.yaml", "loss.png"):
+    for name in ("last", "best", "final", "metrics.jsonl", "config.yaml", "loss.png", TB_DIR):
         q = p / name
         if q.is_dir():
             shutil.rmtree(q)
