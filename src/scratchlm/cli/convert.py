@@ -1,5 +1,5 @@
 """Convert a model between formats: `scratchlm convert SRC DST [--to scratchlm|hf|gguf
---outtype f32|f16|bf16|q8_0 --overwrite]`.
+--outtype f32|f16|bf16|q8_0|q4_0 --overwrite]`.
 
 SRC is a scratchlm model directory, a Hugging Face model directory (config.json, weights in
 model.safetensors, sharded safetensors with an index, or pytorch_model.bin; tokenizer.json,
@@ -8,8 +8,10 @@ tokenizer_config.json, chat template) or a GGUF file. DST is written as:
 - scratchlm (the default for a directory): our model directory. For gpt and llama models it
   is also a Hugging Face directory that `transformers` loads.
 - hf: a plain Hugging Face directory (no scratchlm block; an encoder-decoder as Marian).
-- gguf (the default when DST ends in .gguf): a Llama-architecture GGUF file, matrices in
-  --outtype (norms stay f32).
+- gguf (the default when DST ends in .gguf): a GGUF file llama.cpp and ollama load (gpt ->
+  llama.cpp's gpt2, llama -> llama or qwen2), matrices in --outtype (norms stay f32); see
+  scratchlm.interop.gguf_write. Other llama.cpp types (Q4_K_M, ...) are refused with the
+  llama-quantize command that makes them from an f16 export.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ FORMATS = ("scratchlm", "hf", "gguf")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from scratchlm.interop.gguf import OUTTYPES
+    from scratchlm.interop.gguf_write import OUTTYPES
 
     p.add_argument("src", metavar="SRC", help="model directory (scratchlm or Hugging Face) or .gguf file")
     p.add_argument("dst", metavar="DST", help="directory, or a .gguf file")
     p.add_argument("--to", choices=FORMATS, default=None,
                    help="output format (default: gguf if DST ends in .gguf, else scratchlm)")
-    p.add_argument("--outtype", choices=OUTTYPES, default="f32", help="GGUF matrix type (default f32)")
+    p.add_argument("--outtype", default="f32", metavar="TYPE",
+                   help=f"GGUF matrix type: {', '.join(OUTTYPES)} (default f32)")
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                    help="replace DST if scratchlm wrote it (a model directory or a GGUF file)")
 
@@ -73,7 +76,7 @@ def _claim_gguf(src: Path, dst: Path, *, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from scratchlm.interop.gguf import save_gguf
+    from scratchlm.interop.gguf_write import check_outtype, gguf_architecture, save_gguf
     from scratchlm.modeldir import load, save_model_dir
 
     src, dst = Path(args.src), Path(args.dst)
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if src.resolve() == dst.resolve():
         raise ScratchLMError("SRC and DST are the same path")
     if fmt == "gguf":
+        outtype = check_outtype(args.outtype)  # before anything is read or written
         _claim_gguf(src, dst, overwrite=args.overwrite)
     else:
         claim_out_dir(dst, overwrite=args.overwrite, inputs=[src], kind="model directory")
@@ -92,8 +96,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     what = f"{cfg.family}, {n / 1e6:.1f}M parameters, vocabulary {cfg.vocab_size}"
     print(f"read {src} ({describe(src)}; {what})")
     if fmt == "gguf":
-        save_gguf(dst, model, tokenizer, outtype=args.outtype)
-        print(f"wrote {dst} (GGUF, {args.outtype})")
+        save_gguf(dst, model, tokenizer, outtype=outtype)
+        print(f"wrote {dst} (GGUF, llama.cpp architecture {gguf_architecture(cfg)}, {outtype})")
         return 0
     save_model_dir(dst, model, tokenizer, plain_hf=fmt == "hf")
     if fmt == "hf" or cfg.family in ("gpt", "llama"):
