@@ -15,6 +15,7 @@ safetensors with model.safetensors.index.json, or pytorch_model.bin).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from scratchlm.config import build_model_config
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, current_umask, inside_dir, read_json, write_json
 from scratchlm.interop import hf
+from scratchlm.models.quant import place
 from scratchlm.registry import build_model
 from scratchlm.tokenizers import Tokenizer
 
@@ -61,7 +63,13 @@ def write_model_files(
     if not plain_hf:
         config["scratchlm"] = {"format": FORMAT, "model": ours}
     write_json(directory / "config.json", config)
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    except SafetensorError as e:  # the Rust writer's I/O errors, ENOSPC among them
+        if "os error 28" in str(e) or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                          str(directory / "model.safetensors")) from None
+        raise
     os.chmod(directory / "model.safetensors", 0o666 & ~current_umask())  # like the JSON files
     tokenizer.save(directory, model_max_length=cfg.block_size)
     gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
@@ -117,8 +125,9 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle and zip errors of many kinds
-        raise ScratchLMError(f"{path} is corrupt or not a PyTorch weights file ({e})") from None
+    except Exception as e:  # pickle and zip errors of many kinds (torch's run many lines)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ScratchLMError(f"{path} is corrupt or not a PyTorch weights file ({first[:160]})") from None
 
 
 def load_weights(d: Path) -> dict[str, torch.Tensor]:
@@ -149,17 +158,17 @@ def load_weights(d: Path) -> dict[str, torch.Tensor]:
 
 def load(
     path: str | os.PathLike, *, device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None, quantize: str = "none",
 ) -> tuple[torch.nn.Module, Tokenizer]:
     """Load a model directory (ours or a Hugging Face one) or a GGUF file: returns (model in
-    eval mode, tokenizer)."""
+    eval mode, tokenizer). `dtype` "auto"/"float32"/"bfloat16" and `quantize` "int8" choose the
+    inference precision for this machine (scratchlm.models.quant)."""
     d = Path(path)
     if d.is_file():
         from scratchlm.interop.gguf import load_gguf
 
         model, tokenizer = load_gguf(d)
-        model.to(device=device, dtype=dtype)
-        return model.eval(), tokenizer
+        return place(model, device=device, dtype=dtype, quantize=quantize), tokenizer
     config = read_model_config(d)
     if not (d / "tokenizer.json").is_file() and (d / "source.spm").is_file():
         from scratchlm.interop.marian import tokenizer_from_marian_dir
@@ -187,6 +196,5 @@ def load(
                 f"{d}: weight {k} has shape {tuple(state[k].shape)}, config says {tuple(v.shape)}"
             )
     model.load_state_dict(state)
-    model.to(device=device, dtype=dtype)
-    return model.eval(), tokenizer
+    return place(model, device=device, dtype=dtype, quantize=quantize), tokenizer
 

@@ -116,6 +116,8 @@ def output_logits(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     rebuilt whenever the weight changes (another tensor, or an in-place update), and it costs
     one more copy of the head's weight in memory while it lives.
     """
+    if not isinstance(head, nn.Linear):  # e.g. models/quant.py's Int8Linear: its own kernel
+        return head(h)
     w = head.weight
     rows = h.numel() // h.shape[-1]
     # Only without autograd: a frozen head (LoRA) still passes gradients to h, and a copy made
