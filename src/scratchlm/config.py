@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ def check_sizes(cfg: Any, positive: tuple[str, ...]) -> None:
             raise ScratchLMError(f"model.{name} must be positive, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ScratchLMError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
+
+
+def check_device(name: str, key: str) -> None:
+    """A device name torch knows: auto, cpu, mps, cuda, cuda:N (xpu likewise)."""
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ScratchLMError(f"{key} must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def encoder_decoder_tied_weights(share_embeddings: bool, tie_embeddings: bool) -> dict[str, str]:
@@ -160,6 +170,7 @@ class TrainConfig:
         if "jsonl" not in self.report_to or not set(self.report_to) <= {"jsonl", "tensorboard"}:
             raise ScratchLMError(f"train.report_to must be [jsonl] or [jsonl, tensorboard] "
                                  f"(metrics.jsonl is always written), got {self.report_to!r}")
+        check_device(self.device, "train.device")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ScratchLMError(
                 f"train.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"

@@ -138,9 +138,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+class BadJSON(ScratchLMError, ValueError):
+    """A JSON file that does not parse: one line for the CLI, a ValueError for callers that
+    fall back on one."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise BadJSON(f"{path} is not valid JSON ({e})") from None
 
 
 def inside_dir(directory: str | os.PathLike, name: Any, *, source: str) -> Path:

@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args, extra = parser.parse_args(argv), []
     try:
+        if isinstance(getattr(args, "device", None), str):  # every verb's --device
+            from scratchlm.config import check_device
+
+            check_device(args.device, "--device")
         return int(verbs[args.verb].run(args, extra) or 0)
     except ScratchLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -389,7 +389,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, dropout: float | 
     targets = cfg.get("target_modules")
     linears = linear_names(model)
     if isinstance(targets, str) and targets != LORA_TARGETS_ALL:
-        names = [n for n in linears if re.fullmatch(targets, n)]  # peft: a regex on full names
+        try:
+            names = [n for n in linears if re.fullmatch(targets, n)]  # peft: a regex on full names
+        except re.error as e:
+            raise ScratchLMError(f"{d / CONFIG_FILE}: target_modules {targets!r} is not a valid "
+                                 f"regular expression ({e})") from None
     elif targets is None:
         names = sorted(weights)
     else:
