@@ -20,6 +20,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for, stop_at, stop_checker
+from scratchlm.models.quant import DTYPES, QUANTIZE, apply_precision, choose_precision
 from scratchlm.peft import load_with_adapter
 
 HELP = "generate text from a model directory"
@@ -36,6 +37,31 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
+def add_precision_arguments(p: argparse.ArgumentParser) -> None:
+    """--dtype and --quantize, shared by every verb that runs a model for inference."""
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weights and activations; auto: bfloat16 where a bf16 matmul is measured "
+                        "faster than fp32 on this machine, else float32")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
+                   help="int8: int8 weights in every linear layer (CPU, fbgemm), fp32 activations")
+
+
+def load_for_inference(args: argparse.Namespace, *, adapters: bool = True):
+    """(model, tokenizer) of args.model_dir on args.device in args.dtype / args.quantize (checked
+    before anything is loaded); the machine's capabilities and the precision go to stderr."""
+    from scratchlm.hardware import describe
+    from scratchlm.modeldir import load
+
+    precision = choose_precision(dtype=args.dtype, quantize=args.quantize, device=args.device)
+    loader = load_with_adapter if adapters else load
+    model, tokenizer = loader(args.model_dir, device=torch.device(args.device))
+    if precision.warning:
+        print(precision.warning, file=sys.stderr)
+    apply_precision(model, precision)
+    print(f"{describe()}\n{precision.describe()}", file=sys.stderr, flush=True)
+    return model, tokenizer
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--prompt", default="", help="text to continue")
@@ -49,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0,
                    help="never repeat an n-gram of the prompt or output (0: off)")
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
     p.add_argument("--chat", action="store_true",
                    help="the prompt is a user message, rendered with the model's chat template")
     p.add_argument("--system", help="with --chat: a system message before the prompt")
@@ -64,7 +91,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
         num_samples=args.num_samples, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
-    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_for_inference(args)
     if getattr(model, "is_encoder_decoder", False):
         raise ScratchLMError(f"{args.model_dir} is an encoder-decoder ({model.config.family}): it "
                              "translates a source; use `scratchlm translate MODEL_DIR --src TEXT`")
