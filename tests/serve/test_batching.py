@@ -20,8 +20,11 @@ class Sink:
         self.ids: dict[int, list[int]] = {}
         self.reasons: dict[int, str] = {}
         self.errors: list[str] = []
+        self.events: list = []  # the "finish" events
 
     def __call__(self, ev) -> None:
+        if ev.kind == "finish":
+            self.events.append(ev)
         if ev.kind == "text":
             self.text[ev.row] = self.text.get(ev.row, "") + ev.text
         elif ev.kind == "finish":
@@ -249,3 +252,36 @@ def test_a_batch_grows_its_cache_for_a_longer_request(tokenizer):
     assert not a.errors and not b.errors
     assert a.ids[0] == alone(model, tok, tok.encode("a"), short)[0]
     assert b.ids[0] == alone(model, tok, tok.encode("to be or not"), longer)[0]
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama", "rnn"])
+def test_sampled_logprobs_equal_teacher_forced_scores_whatever_the_batch(family, tokenizer):
+    """Rows joining a running batch (left-padded or catching up) report the log-probabilities
+    `score_ids` gives their prompt + output read whole, one row alone; Engine.call runs on the
+    engine's own step, between decoding steps."""
+    from scratchlm.eval.score import score_ids
+
+    tok = tokenizer
+    model = tiny_model(family, vocab_size=tok.vocab_size, block_size=256, init_std=0.1).eval()
+    engine = Engine(model, tok, max_rows=8, max_batches=2)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0.8, seed=3, ignore_eos=True)
+
+    def start(text: str) -> tuple[Job, Sink]:
+        sink = Sink()
+        job = Job(config=cfg, emit=sink, prompt=tok.encode(text), logprobs=2)
+        engine.submit(job)
+        return job, sink
+
+    first = [start("ROMEO: wherefore art")]
+    run(engine, steps=4)  # a running batch for the next ones to join
+    later = [start(p) for p in ("KING:", "JULIET: what light through yonder")]
+    future = engine.call(lambda: "ran")
+    run(engine)
+    assert future.result(timeout=0) == "ran"
+    for job, sink in first + later:
+        record = sink.events[0].logprobs
+        assert [t for t, _, _ in record] == sink.ids[0] and len(record) == 12
+        whole = job.prompt + sink.ids[0]
+        teacher = score_ids(model, [whole], [len(job.prompt)], top_k=2)[0]
+        assert [lp for _, lp, _ in record] == pytest.approx(teacher.token_logprobs, abs=1e-4)
+        assert [[i for i, _ in top] for _, _, top in record] == [[i for i, _ in t] for t in teacher.top]
