@@ -103,6 +103,77 @@ def max_new_tokens_for(model: torch.nn.Module, prompt_len: int, wanted: int) -> 
     return min(wanted, block - prompt_len)
 
 
+class Row:
+    """One sequence being decoded (its prompt, then what is sampled) and the one rule that
+    ends it: <|eos|> (unless config.ignore_eos), a stop string in its text (cut off), or
+    max_new_tokens. `generate`, `generate_batch`, `evaluate` and the server's batch engine
+    all decode through it; the decode loop that owns the row calls `finish("length")` when
+    the context has no room left.
+
+    With a tokenizer the row streams its text (`TextStream`) to `on_text`; `seen` (V,) is its
+    memory for the repetition penalty, `seq` for n-gram blocking."""
+
+    def __init__(
+        self, prompt: list[int], *, config: GenerationConfig, eos_id: int | None,
+        vocab_size: int, device: torch.device | str = "cpu", tokenizer: Tokenizer | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
+        self.seq, self.prompt_len = list(prompt), len(prompt)
+        self.config, self.eos_id, self.on_text = config, eos_id, on_text
+        self.generated = 0  # tokens sampled (an <|eos|> included)
+        self.done, self.finish_reason = False, None  # "stop" (eos, stop string) or "length"
+        self.stream = TextStream(tokenizer, config.stop) if tokenizer is not None else None
+        self.seen = None
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(self.seq, dtype=torch.long, device=device)] = True
+
+    @property
+    def tokens(self) -> list[int]:
+        """The generated tokens (an ending <|eos|> left out)."""
+        return self.seq[self.prompt_len :]
+
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+    def accept(self, token: int) -> None:
+        """A sampled token."""
+        self.generated += 1
+        if token == self.eos_id and not self.config.ignore_eos:
+            return self.finish("stop")
+        self.seq.append(token)
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.stream is not None:
+            self._emit(self.stream.push(token))
+            if self.stream.done:
+                return self.finish("stop")
+        if self.generated >= self.config.max_new_tokens:
+            self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        """End the row (the rest of its text, held back so far, is emitted)."""
+        if self.done:
+            return
+        self.done, self.finish_reason = True, reason
+        if self.stream is not None:
+            self._emit(self.stream.finish())
+
+    def _emit(self, text: str) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
+
+
+def pick(logits: torch.Tensor, rows: list[Row], *, config: GenerationConfig,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each of `rows` (which share `config`) from their (R, V) logits:
+    `next_token` with the rows' repetition-penalty and n-gram memory."""
+    seen = torch.stack([r.seen for r in rows]) if config.repetition_penalty != 1.0 else None
+    history = [r.seq for r in rows] if config.no_repeat_ngram_size > 0 else None
+    return next_token(logits, config=config, generator=generator, seen=seen, history=history)
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: torch.nn.Module,
@@ -113,32 +184,27 @@ def generate_tokens(
     pad_id: int = 0,
     memory=None,
     left_pad: torch.Tensor | None = None,
+    rows: list[Row] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, (B,), until max_new_tokens or every row hit eos.
+    """Yield the next token of every row, (B,), until max_new_tokens or every row ended.
 
     `input_ids` (B, T) are prompts of equal length, or of different lengths left-padded:
     `left_pad` (B,) says how many padding tokens open each row (decoder-only Transformers).
     max_new_tokens is capped to what fits in the model's context after the longest prompt
     (see `max_new_tokens_for`). For an encoder-decoder, pass
-    memory=model.encode(src_ids, src_mask) and input_ids = <|bos|> per row."""
+    memory=model.encode(src_ids, src_mask) and input_ids = <|bos|> per row. `rows` (one per
+    input row, e.g. with tokenizers to stream text) are made here when not given; a row that
+    ended yields pad_id."""
     B, T = input_ids.shape
     n_new = max_new_tokens_for(model, T, config.max_new_tokens)
     device = input_ids.device
     generator = None
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-    seen = None
-    if config.repetition_penalty != 1.0:
-        seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
-        prompt = input_ids
-        if left_pad is not None:  # padding is not part of the prompt (the last token always is)
-            real = torch.arange(T, device=device)[None, :] >= left_pad.to(device)[:, None]
-            prompt = torch.where(real, input_ids, input_ids[:, -1:])
-        seen.scatter_(1, prompt, True)
-    history = None  # each row's tokens, for n-gram blocking (padding left out)
-    if config.no_repeat_ngram_size > 0:
+    if rows is None:
         pads = [0] * B if left_pad is None else left_pad.tolist()
-        history = [row[p:] for row, p in zip(input_ids.tolist(), pads, strict=True)]
+        rows = [Row(ids[p:], config=config, eos_id=eos_id, vocab_size=model.config.vocab_size,
+                    device=device) for ids, p in zip(input_ids.tolist(), pads, strict=True)]
     cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
     if left_pad is not None:
         if not getattr(model, "supports_left_padding", False):
@@ -147,25 +213,21 @@ def generate_tokens(
         cache.set_left_padding(left_pad)
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # prefill: (B, 1, V)
     logits = logits[:, -1]
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    stop_on_eos = eos_id is not None and not config.ignore_eos
     for i in range(n_new):
-        tok = next_token(logits, config=config, generator=generator, seen=seen, history=history)  # (B,)
-        tok = tok.masked_fill(finished, pad_id)
+        ended = torch.tensor([r.done for r in rows], device=device)  # (B,)
+        tok = pick(logits, rows, config=config, generator=generator).masked_fill(ended, pad_id)  # (B,)
+        for r, t in zip(rows, tok.tolist(), strict=True):
+            if not r.done:
+                r.accept(t)
         yield tok
-        if stop_on_eos:
-            finished |= tok == eos_id
-            if bool(finished.all()):
-                return
-        if i == n_new - 1:
+        if all(r.done for r in rows):
             return
-        if seen is not None:
-            seen.scatter_(1, tok[:, None], True)
-        if history is not None:
-            for row, t in zip(history, tok.tolist(), strict=True):
-                row.append(t)
+        if i == n_new - 1:
+            break
         logits, cache = model(tok[:, None], cache=cache)  # (B, 1, V)
         logits = logits[:, -1]
+    for r in rows:  # out of room in the context
+        r.finish("length")
 
 
 def stop_at(text: str, stop: list[str]) -> int | None:
@@ -316,22 +378,13 @@ def _decode_rows(
     model: torch.nn.Module, tokenizer: Tokenizer, input_ids: torch.Tensor, config: GenerationConfig,
     *, left_pad: torch.Tensor | None = None, on_text: Callable[[int, str], None] | None = None,
 ) -> list[str]:
-    """Decode every row to text (eos and stop strings end a row)."""
-    streams = [TextStream(tokenizer, config.stop) for _ in range(input_ids.shape[0])]
-    for tokens in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
-                                  pad_id=tokenizer.pad_id, left_pad=left_pad):
-        for row, t in enumerate(tokens.tolist()):
-            s = streams[row]
-            if s.done or (t == tokenizer.eos_id and not config.ignore_eos):
-                s.done = True
-                continue
-            piece = s.push(t)
-            if piece and on_text:
-                on_text(row, piece)
-        if all(s.done for s in streams):
-            break
-    for row, s in enumerate(streams):
-        rest = s.finish()
-        if rest and on_text:
-            on_text(row, rest)
-    return [s.text for s in streams]
+    """Decode every row to text (`Row` says when a row ends)."""
+    pads = [0] * input_ids.shape[0] if left_pad is None else left_pad.tolist()
+    rows = [Row(ids[p:], config=config, eos_id=tokenizer.eos_id, vocab_size=model.config.vocab_size,
+                device=input_ids.device, tokenizer=tokenizer,
+                on_text=None if on_text is None else (lambda text, i=i: on_text(i, text)))
+            for i, (ids, p) in enumerate(zip(input_ids.tolist(), pads, strict=True))]
+    for _ in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
+                             pad_id=tokenizer.pad_id, left_pad=left_pad, rows=rows):
+        pass
+    return [r.text for r in rows]
