@@ -101,3 +101,19 @@ def test_chat_logprobs_and_top_logprobs(client, ref):
     assert [c.logprob for c in content] == pytest.approx(teacher.token_logprobs, abs=1e-4)
     off = client.chat.completions.create(model=NAME, messages=messages, max_tokens=3)
     assert off.choices[0].logprobs is None
+
+
+def test_token_bytes_rebuild_the_text_where_tokens_split_characters():
+    from scratchlm.serve.logprobs import token_bytes, token_text
+    from scratchlm.tokenizers import train_tokenizer
+
+    bpe = train_tokenizer(kind="bpe", texts=["hello world héllo wörld 我喜欢吃苹果 " * 20],
+                          vocab_size=300)
+    char = train_tokenizer(kind="char", texts=["abc"])  # 我 is three <0xNN> tokens here
+    for tok, text in ((bpe, "héllo 我 wörld x"), (char, "ab我")):
+        ids = tok.encode(text)
+        assert b"".join(token_bytes(tok, t) for t in ids) == text.encode()
+        texts = [token_text(tok, t) for t in ids]
+        assert any(s.startswith("bytes:\\x") for s in texts)  # a piece of 我
+        assert all(s == token_bytes(tok, t).decode() for s, t in zip(texts, ids, strict=True)
+                   if not s.startswith("bytes:"))

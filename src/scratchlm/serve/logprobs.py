@@ -10,10 +10,15 @@ Completions (what lm-eval's `local-completions` reads: `token_logprobs[ctxlen:-1
 An echoed prompt comes first: its first token has no log-probability (null), as OpenAI's.
 A generated <eos> is listed (its text is empty), so the list has one entry a sampled token.
 Chat: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": null}`
-for the reply's tokens (no <eos>). `bytes` are the UTF-8 bytes of the token's text.
+for the reply's tokens (no <eos>). `bytes` are the bytes the token stands for; a token that
+is part of a character (byte-level BPE, <0xNN> tokens) is written `bytes:\\xNN...` in `token`
+and the `tokens` list, as OpenAI writes it.
 """
 
 from __future__ import annotations
+
+import functools
+import re
 
 from scratchlm.eval.score import Score
 from scratchlm.tokenizers import Tokenizer
@@ -21,8 +26,35 @@ from scratchlm.tokenizers import Tokenizer
 Sampled = list[tuple[int, float, list[tuple[int, float]]]]
 
 
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet backwards: printable character -> the byte it stands for."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    chars, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+def token_bytes(tok: Tokenizer, t: int) -> bytes:
+    """The bytes token t stands for (a special token: its own text)."""
+    piece = tok.hf.id_to_token(t)
+    if piece is None or t in tok.special_ids or t in tok.hf.get_added_tokens_decoder():
+        return tok.decode([t], skip_special_tokens=False).encode("utf-8")
+    if tok.kind == "bpe" and all(c in _byte_of_char() for c in piece):
+        return bytes(_byte_of_char()[c] for c in piece)
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+        return bytes([int(piece[3:5], 16)])
+    return tok.decode([t], skip_special_tokens=False).encode("utf-8")
+
+
 def token_text(tok: Tokenizer, t: int) -> str:
-    return tok.decode([t], skip_special_tokens=False)
+    b = token_bytes(tok, t)
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:  # a piece of a character
+        return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
 def prefix_lengths(tok: Tokenizer, ids: list[int]) -> list[int]:
@@ -72,8 +104,7 @@ def completion_logprobs(
 
 def chat_logprobs(tok: Tokenizer, sampled: Sampled | None) -> dict:
     def entry(t: int, lp: float) -> dict:
-        s = token_text(tok, t)
-        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+        return {"token": token_text(tok, t), "logprob": lp, "bytes": list(token_bytes(tok, t))}
 
     content = [{**entry(t, lp), "top_logprobs": [entry(a, v) for a, v in top]}
                for t, lp, top in sampled or [] if t != tok.eos_id]
