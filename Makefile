@@ -20,8 +20,8 @@ install: venv
 	$(BIN)/pip install -q -e ".[dev]"
 
 demo: install
-	$(BIN)/scratchlm datasets get shakespeare --out $(DATA)/raw/shakespeare
-	$(BIN)/scratchlm prepare $(DATA)/raw/shakespeare --out $(DATA)/shakespeare-char --tokenizer char
+	[ -d $(DATA)/raw/shakespeare ] || $(BIN)/scratchlm datasets get shakespeare --out $(DATA)/raw/shakespeare
+	$(BIN)/scratchlm prepare $(DATA)/raw/shakespeare --out $(DATA)/shakespeare-char --tokenizer char --overwrite
 	$(BIN)/scratchlm train --config configs/demo.yaml --data $(DATA)/shakespeare-char --out $(RUN) --overwrite
 	$(BIN)/scratchlm generate $(RUN)/final --prompt "ROMEO:" --max-new-tokens 240 --num-samples 3 --temperature 0.8 --top-k 40 --seed 1
 	$(BIN)/scratchlm evaluate $(RUN)/final --data $(DATA)/shakespeare-char

@@ -170,8 +170,24 @@ def mark_dir(path: str | os.PathLike) -> None:
     (Path(path) / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
 
 
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        return path.is_file() and key in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def is_ours(path: str | os.PathLike) -> bool:
-    return (Path(path) / MARKER).is_file()
+    """Written by scratchlm: the marker, or (directories from before the marker) the files
+    only scratchlm writes: a data directory's meta.json with its splits, a model or checkpoint
+    config.json with a "scratchlm" block, a tokenizer_config.json with "scratchlm_kind", or a
+    run's config.yaml beside its metrics.jsonl or last/."""
+    d = Path(path)
+    return ((d / MARKER).is_file() or _json_has(d / "meta.json", "splits")
+            or _json_has(d / "config.json", "scratchlm")
+            or _json_has(d / "tokenizer_config.json", "scratchlm_kind")
+            or ((d / "config.yaml").is_file()
+                and ((d / "metrics.jsonl").is_file() or (d / "last").is_dir())))
 
 
 @functools.cache

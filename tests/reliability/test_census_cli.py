@@ -40,6 +40,7 @@ def bad(world, tmp_path_factory):
     assert snapshot(world, b) == before  # content too, after the whole census
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls, argv, regex", CASES, ids=[f"{i:03d}-{c[0]}" for i, c in enumerate(CASES)])
 def test_bad_input(world, bad, tmp_path, capsys, cls, argv, regex):
     out_dir = tmp_path / "out"
@@ -81,6 +82,7 @@ def small_disk(tmp_path, monkeypatch):
         subprocess.run(["umount", str(d)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", DISK_FULL)
 def test_disk_full(world, small_disk, tmp_path, capsys, verb):
     big = tmp_path / "big"

@@ -4,10 +4,12 @@ command writing to the same place removes them, and never a live writer's."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -133,3 +135,71 @@ def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+# ----------------------------------------------------------------------------- kill -9, rerun
+KILLS = 3  # per verb, at seeded random moments
+
+
+def _write_corpus(d):
+    d.mkdir()
+    rng = random.Random(0)
+    words = ["fox", "dog", "quick", "lazy", "jumps", "over", "the", "brown", "crème", "狐狸"]
+    for i in range(3):
+        (d / f"{i}.txt").write_text("\n".join(" ".join(rng.choices(words, k=12))
+                                              for _ in range(25_000)) + "\n")
+
+
+def _files(d):
+    """Relative path -> bytes of every file under `d` (what "the same output" means)."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _kill_at_random(argv, parent, rng):
+    """Start `scratchlm ARGV`, kill it with SIGKILL at a random moment: before it writes, or
+    a random few ms after its temp output appears in `parent`; True if it was killed."""
+    p = subprocess.Popen([sys.executable, "-m", "scratchlm", *map(str, argv)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    if rng.random() < 0.25:
+        time.sleep(rng.uniform(0.0, 1.0))  # importing, reading, or tokenizing
+    else:
+        while p.poll() is None and not leftovers(parent) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.05))  # somewhere in the write (or just after)
+    killed = p.poll() is None
+    if killed:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["prepare", "convert", "merge-lora"])
+def test_kill_9_then_rerun_gives_the_uninterrupted_output(world, tmp_path, capsys, verb):
+    src = tmp_path / "corpus"
+    if verb == "prepare":
+        _write_corpus(src)
+    argv = {"prepare": ["prepare", src, "--tokenizer", "char", "--out"],
+            "convert": ["convert", world / "model"],
+            "merge-lora": ["merge-lora", world / "adapter", "--out"]}[verb]
+    ref = tmp_path / "ref" / "out"
+    assert run(capsys, *argv, ref)[0] == 0
+    expected = _files(ref)
+    inputs = snapshot(world, *([src] if src.exists() else []))
+    rng = random.Random(f"{verb}-14")  # seeded: a failure replays the same moments
+    killed = mid_write = 0
+    for i in range(KILLS):
+        parent = tmp_path / f"k{i}"
+        parent.mkdir()
+        out = parent / "out"
+        killed += _kill_at_random([*argv, out], parent, rng)
+        if out.exists():  # whatever the moment, `out` is absent or complete
+            assert _files(out) == expected
+        mid_write += bool(leftovers(parent))
+        rc, _, err = run(capsys, *argv, out, "--overwrite")
+        assert rc == 0, err
+        assert _files(out) == expected and leftovers(parent) == []
+    assert snapshot(world, *([src] if src.exists() else [])) == inputs
+    assert killed >= 1  # at least one kill landed while the command ran
+    print(f"{verb}: {KILLS} runs, {killed} killed, {mid_write} mid-write (temp output left)")
