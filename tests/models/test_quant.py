@@ -143,3 +143,43 @@ def test_bad_input_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, int8_engine=None))
     with pytest.raises(ScratchLMError, match="needs fbgemm"):
         quantize_int8(tiny_model("gpt", vocab_size=61))
+
+
+# ----------------------------------------------------------------------------- the CLI
+def _cli(capsys, *argv):
+    from scratchlm.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@needs_int8
+def test_cli_generate_and_evaluate_in_int8(trained, capsys):
+    path, data = trained
+    code, out, err = _cli(capsys, "generate", path, "--prompt", "ROMEO:", "--greedy",
+                          "--max-new-tokens", "12", "--quantize", "int8")
+    assert code == 0 and out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+    assert "AVX2" in err and "precision: int8 weights" in err  # the header on stderr
+    code, out, err = _cli(capsys, "generate", path, "--prompt", "ROMEO:", "--num-beams", "3",
+                          "--max-new-tokens", "6", "--quantize", "int8")
+    assert code == 0 and out.startswith("ROMEO:")
+
+
+def test_cli_bad_precision_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    from scratchlm.modeldir import save_model_dir
+
+    path, data = trained
+    code, out, err = _cli(capsys, "generate", path, "--prompt", "a", "--quantize", "int8",
+                          "--dtype", "bfloat16")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "--dtype auto or float32" in err
+    rnn = tmp_path / "rnn"
+    save_model_dir(rnn, tiny_model("rnn", vocab_size=data.vocab_size), data.tokenizer())
+    code, out, err = _cli(capsys, "generate", rnn, "--prompt", "a", "--quantize", "int8")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "not rnn" in err
+    caps = capabilities()
+    monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=0.01))
+    code, out, err = _cli(capsys, "generate", path, "--prompt", "a", "--greedy",
+                          "--max-new-tokens", "3", "--dtype", "bfloat16")
+    assert code == 0 and "warning: --dtype bfloat16 will be slow" in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("warning")]) == 1

@@ -10,12 +10,13 @@ import argparse
 
 import torch
 
+from scratchlm.cli.generate import add_precision_arguments, load_for_inference
+from scratchlm.data.seq2seq import collate, encode_sources
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.attention_plot import plot_attention
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
-from scratchlm.generate.translate import _pad, encode_sources, translate_nbest
-from scratchlm.modeldir import load
+from scratchlm.generate.translate import translate_nbest
 
 HELP = "plot an encoder-decoder's attention over the source while it translates"
 
@@ -30,12 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.src.strip():
         raise ScratchLMError("--src is empty; give a sentence to translate")
-    model, tok = load(args.model_dir, device=torch.device(args.device))
+    model, tok = load_for_inference(args, adapters=False)
     if not getattr(model, "is_encoder_decoder", False):
         raise ScratchLMError("attention maps over a source need an encoder-decoder model "
                              "(seq2seq_rnn or seq2seq_transformer)")
@@ -44,8 +46,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     greedy = GenerationConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     out_tokens = translate_nbest(model, tok, [args.src], beam=beam, config=greedy)[0][0][0]
     device = next(model.parameters()).device
-    src_ids = encode_sources(model, tok, [args.src])[0]
-    ids, mask = _pad([src_ids], tok.pad_id, device)
+    src = encode_sources(tok, [args.src], limit=model.config.block_size)
+    batch = collate(src, tokenizer=tok)
+    ids, mask = batch["src_ids"].to(device), batch["src_mask"].to(device)
+    src_ids = batch["src_ids"][0].tolist()  # its tokens and <|eos|>
     tgt_in = torch.tensor([[tok.bos_id, *out_tokens]], device=device)
     weights = model.cross_attention(model.encode(ids, mask), tgt_in)[:, 0]  # (L, H, T, S)
     label = lambda i: "<eos>" if i == tok.eos_id else tok.decode([i], skip_special_tokens=False)  # noqa: E731

@@ -20,12 +20,13 @@ import contextlib
 import signal
 import sys
 
-import torch
-
-from scratchlm.cli.generate import add_sampling_arguments
+from scratchlm.cli.generate import (
+    add_precision_arguments,
+    add_sampling_arguments,
+    load_for_inference,
+)
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
-from scratchlm.peft import load_with_adapter
 from scratchlm.serve.prompt import TEMPLATE_MODES, chat_prompt, chat_template_for
 
 HELP = "chat with a model in the terminal (streamed replies, /reset, /system, /exit)"
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: the model's own, else plain continuation; builtin: scratchlm's; "
                         "none: plain continuation")
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
 
 
 class Chat:
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repetition_penalty=args.repetition_penalty, seed=args.seed)
-    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_for_inference(args, header=True)
     template = chat_template_for(tokenizer, args.chat_template)
     chat = Chat(model, tokenizer, config, template=template, system=args.system)
     out = sys.stdout

@@ -30,8 +30,7 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
+from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.data.pairs import PairData, is_pairs_dir, load_splits, read_pairs
 from scratchlm.data.pretrain import TokenData
 from scratchlm.errors import ScratchLMError
@@ -42,7 +41,6 @@ from scratchlm.eval.translation import METRICS, score_pairs
 from scratchlm.fileio import atomic_file
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
-from scratchlm.peft import load_with_adapter
 
 HELP = ("perplexity on held-out text; BLEU/chrF/ROUGE of translations (seq2seq) or of "
         "completions of prompt -> reference files (language models)")
@@ -74,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="LM: evaluate only this many tokens")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ScratchLMError("--batch-size must be at least 1")
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ScratchLMError("--max-sentences must be at least 1 (leave it out to score everything)")
-    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_for_inference(args)
     if args.metric and "loglik" in args.metric:
         return _loglik(args, model, tokenizer)
     if getattr(model, "is_encoder_decoder", False):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.errors import ScratchLMError
-from scratchlm.peft import load_with_adapter
 from scratchlm.serve.prompt import TEMPLATE_MODES, chat_template_for
 
 HELP = "serve a model: an OpenAI-compatible HTTP API and a web chat page"
@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API "
                         "(repeatable; default: only the server's own chat page)")
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="torch threads for decoding (default: the CPUs less one, which is left "
                         "to the HTTP side; see docs/serving.md)")
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_waiting < 0:
         raise ScratchLMError("--max-waiting must be >= 0")
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_with_adapter(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_for_inference(args, header=True)
     template = chat_template_for(tokenizer, args.chat_template)
     name = args.model_name or default_model_name(args.model_dir)
     engine = Engine(model, tokenizer, max_rows=args.slots, max_waiting=args.max_waiting,

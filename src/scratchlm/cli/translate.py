@@ -9,14 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
+from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_file
 from scratchlm.generate import GenerationConfig
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.translate import LengthLimit, translate_nbest
-from scratchlm.modeldir import load
 
 HELP = "translate text with an encoder-decoder (seq2seq) model"
 
@@ -42,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sources longer than the model's positions")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    add_precision_arguments(p)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         sources = args.src
     if not sources or any(not s.strip() for s in sources):
         raise ScratchLMError("empty source text; give non-empty sentences (one a line with --input)")
-    model, tokenizer = load(args.model_dir, device=torch.device(args.device))
+    model, tokenizer = load_for_inference(args, adapters=False)
     beam = None
     if args.num_beams > 1:
         beam = BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
