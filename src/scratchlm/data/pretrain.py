@@ -59,7 +59,7 @@ def resolve_tokenizer(
     """'char' or 'bpe' trains a new tokenizer on `files`; anything else is a tokenizer or
     model directory, or a tokenizer.json file."""
     if spec in ("char", "bpe"):
-        sources = [f if isinstance(f, Source) else list_sources([f])[0] for f in files]
+        sources = [s for f in files for s in ([f] if isinstance(f, Source) else list_sources([f]))]
         if show_progress:
             print(f"training a {spec} tokenizer on {len(sources)} input(s)")
         return train_tokenizer(kind=spec, texts=_iter_chunks(sources, field=field, bad=BadRows(on_bad)),

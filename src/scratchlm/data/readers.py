@@ -292,7 +292,7 @@ def iter_text(src: Source) -> Iterator[tuple[str, int]]:
     are exact byte counts of the text for uncompressed files."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     with open_stream(src) as (stream, raw):
-        buf, lines, done = "", 0, 0  # done: bytes of text handed out
+        buf, done = "", 0  # done: bytes of text handed out
         first = True
         while True:
             block = stream.read(BLOCK_BYTES)
@@ -303,19 +303,28 @@ def iter_text(src: Source) -> Iterator[tuple[str, int]]:
             try:
                 buf += decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
-                line = lines + buf.count("\n") + block[: e.start].count(b"\n") + 1
-                raise ScratchLMError(f"{src.path}:{line}: not UTF-8 text (bad byte near offset "
-                                     f"{done + len(buf.encode()) + e.start}); convert it to UTF-8") from None
+                at = done + len(buf.encode()) + e.start
+                raise ScratchLMError(f"{src.path}:{_line_at(src, at)}: not UTF-8 text (bad byte "
+                                     f"near offset {at}); convert it to UTF-8") from None
             at = 0
             while at < len(buf) and (end := cut_point(buf, at, final=not block)) is not None:
                 piece = buf[at:end]
                 at = end
-                lines += piece.count("\n")
                 done += len(piece.encode("utf-8"))
                 yield piece, (done if src.compression is None else raw.pos)
             buf = buf[at:]
             if not block:
                 return
+
+
+def _line_at(src: Source, offset: int) -> int:
+    """The line number of byte `offset` of a text source (counted again, for a message)."""
+    lines, left = 1, offset
+    with open_stream(src) as (stream, _):
+        while left > 0 and (block := stream.read(min(left, BLOCK_BYTES))):
+            lines += block.count(b"\n")
+            left -= len(block)
+    return lines
 
 
 # ----------------------------------------------------------------------------- records
