@@ -6,11 +6,12 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (with
 `stream: true`), GET /health, and the chat page at /. Concurrent requests are decoded together
 (batches that rows join and leave between steps, at the same position in a Transformer batch;
 see docs/serving.md). --slots bounds the rows decoding at once and --max-waiting the requests
-waiting for a slot; past both a request gets 503 with Retry-After. The server listens on 127.0.0.1 (this machine
-only) unless --host says otherwise; give an API key (--api-key or SCRATCHLM_API_KEY) before
-listening on a network. Without a key, no web page can drive it: JSON bodies only, its own
-Host names only (--allowed-host adds one), no CORS unless --cors-origin (serve/guard.py). --port 0 picks a free port; the address is printed either way.
-MODEL_DIR may be a LoRA adapter directory, applied to its base model."""
+waiting for a slot; past both a request gets 503 with Retry-After. The server listens on
+127.0.0.1 (this machine only) unless --host says otherwise; give an API key (--api-key or
+SCRATCHLM_API_KEY) before listening on a network. Without a key, no web page can drive it:
+JSON bodies only, its own Host names only (--allowed-host adds one), no CORS unless
+--cors-origin (serve/guard.py). --port 0 picks a free port; the address is printed either
+way. MODEL_DIR may be a LoRA adapter directory, applied to its base model."""
 
 from __future__ import annotations
 
