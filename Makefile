@@ -48,8 +48,10 @@ test-browser: install
 	$(BIN)/python -m pytest -rs tests/serve/test_browser.py
 
 bench: install
+	$(BIN)/pip install -q -e ".[bench]" || echo "note: the bench extra (CTranslate2) could not be installed: its rows are skipped"
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/decode_speed.py
+	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/quality_char.py
 	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/beam_speed.py

@@ -23,6 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from scratchlm.hardware import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "bench" / "out"
@@ -37,6 +39,7 @@ measured on CPU. Reproduce with `make bench`, which runs, one after the other:
     .venv/bin/python bench/decode_speed.py   # greedy decoding tokens/s: ours vs HF generate()
     .venv/bin/python bench/quality_char.py   # char-level Shakespeare, nanoGPT's CPU recipe
     .venv/bin/python bench/beam_speed.py     # encoder-decoder beam search: ours vs HF Marian
+    .venv/bin/python bench/precision.py      # decoding in fp32/bf16/int8 vs HF and CTranslate2
 
 Each script rewrites only its own section of this file (`bench/seq2seq_mt.py`, also run by
 `make bench`, writes docs/seq2seq.md) (between its `<!-- bench:NAME -->`
@@ -91,6 +94,7 @@ def env_info() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "load": loadavg(),
+        "hardware": describe(),
     }
 
 
@@ -106,7 +110,8 @@ def env_lines(info: dict[str, str] | None = None) -> str:
     return (
         f"Measured {i['date']}: torch {i['torch']}, transformers {i['transformers']}, "
         f"Python {i['python']}; CPU: {i['cpu']}, SIMD {i['capability']}; "
-        f"torch threads: {i['threads']}; load average at start: {i['load']}."
+        f"torch threads: {i['threads']}; load average at start: {i['load']}.\n"
+        f"Hardware: {i['hardware']}."
     )
 
 
