@@ -240,3 +240,55 @@ def test_second_signal_waits_for_the_save_third_aborts(char_data, tmp_path, capf
     assert leftovers(run) == []  # the aborted save's temp directory was removed
     _trainer(char_data, run).fit(resume=True)
     assert same_weights(run, tmp_path / "full")
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "--monitor_interval=0.1", *args]
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of `parent` with RANK=rank)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry)
+    return None
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_stop_together_and_resume_exactly(char_data, tmp_path):
+    """2 gloo processes (DDP), dropout 0.1: SIGTERM to rank 1 alone stops both ranks after
+    the same step (the flag is all-reduced); resumed under torchrun with the printed command,
+    the weights equal an uninterrupted 2-process run bit for bit."""
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parents[2])}
+    common = ["-m", "scratchlm", "train", "--data", str(char_data), *ARGS, *SAVE_EVERY,
+              "--train.batch_size", "2", "--train.strategy", "ddp"]
+    full = subprocess.run(_torchrun([*common, "--out", str(tmp_path / "full")]), env=env,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert full.returncode == 0, full.stderr[-3000:]
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun([*common, "--out", str(run)]), env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    assert wait_until(proc, lambda: logged_steps(run) >= 3, 0.005)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    rc, err = finish(proc)
+    assert rc != 0
+    line = next(ln for ln in err.splitlines() if "resume with: " in ln)
+    assert "SIGTERM: stopped after step" in line
+    step = int(line.split("stopped after step ")[1].split()[0])
+    assert torch.load(run / "last" / "trainer_state.pt", weights_only=True)["step"] == step < STEPS
+    words = shlex.split(line.split("resume with: ")[1])
+    assert words[:5] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "scratchlm"]
+    resumed = subprocess.run(_torchrun(words[3:]), env=env, capture_output=True, text=True,
+                             timeout=WAIT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same_weights(run, tmp_path / "full")
