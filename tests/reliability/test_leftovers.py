@@ -188,7 +188,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(world, tmp_path, capsy
     expected = _files(ref)
     inputs = snapshot(world, *([src] if src.exists() else []))
     rng = random.Random(f"{verb}-14")  # seeded: a failure replays the same moments
-    killed = mid_write = 0
+    killed = mid_write = complete = 0
     for i in range(KILLS):
         parent = tmp_path / f"k{i}"
         parent.mkdir()
@@ -196,10 +196,12 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(world, tmp_path, capsy
         killed += _kill_at_random([*argv, out], parent, rng)
         if out.exists():  # whatever the moment, `out` is absent or complete
             assert _files(out) == expected
+            complete += 1
         mid_write += bool(leftovers(parent))
         rc, _, err = run(capsys, *argv, out, "--overwrite")
         assert rc == 0, err
         assert _files(out) == expected and leftovers(parent) == []
     assert snapshot(world, *([src] if src.exists() else [])) == inputs
     assert killed >= 1  # at least one kill landed while the command ran
-    print(f"{verb}: {KILLS} runs, {killed} killed, {mid_write} mid-write (temp output left)")
+    print(f"{verb}: {KILLS} runs, {killed} killed, {mid_write} mid-write (temp output left), "
+          f"{complete} complete after the kill")
