@@ -64,8 +64,3 @@ def rng_state() -> dict[str, Any]:
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
