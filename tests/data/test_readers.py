@@ -146,6 +146,10 @@ def test_bad_rows_are_named_refused_or_skipped(tmp_path, tok, content, needle):
 
 
 def test_unknown_column_is_one_line(tmp_path, tok):
+    write_records(tmp_path / "d.jsonl", DOCS, field="body")
+    with pytest.raises(ScratchLMError, match=r"d.jsonl:1: no 'text' field \(fields: body, id\); name the right one with --text-field$"):
+        prepare([tmp_path / "d.jsonl"], out=tmp_path / "out", tokenizer=tok, on_bad="skip",
+                show_progress=False)  # a wrong name, not a bad row: refused even with skip
     write_records(tmp_path / "d.parquet", DOCS)
     with pytest.raises(ScratchLMError, match=r"d.parquet has no column 'content' \(columns: text, id\); name the right one with --text-field"):
         prepare([tmp_path / "d.parquet"], out=tmp_path / "out", tokenizer=tok, field="content",

@@ -373,7 +373,7 @@ def _json_rows(src: Source) -> Iterator[Row]:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield Row(n, f"{src.path}:{n}", None, f"not valid JSON ({e.msg} at column {e.colno})", raw.pos)
+                    yield Row(n, f"{src.path}:{n}", None, f"not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno})", raw.pos)
                     continue
                 yield _row(n, f"{src.path}:{n}", value, pos=raw.pos)
         except UnicodeDecodeError:
@@ -472,6 +472,7 @@ class BadRows:
         if policy not in BAD_POLICIES:
             raise ScratchLMError(f"--on-bad must be one of {', '.join(BAD_POLICIES)}, got {policy!r}")
         self.policy, self.count, self.first = policy, 0, ""
+        self.good = 0  # rows read well: before the first, a missing field is a wrong name
 
     def __call__(self, where: str, reason: str) -> None:
         if self.policy == "refuse":
@@ -489,10 +490,13 @@ def field_text(row: Row, field: str, bad: BadRows, *, flag: str = "--text-field"
     if row.error is None:
         value = row.value.get(field) if row.value is not None else None
         if isinstance(value, str):
+            bad.good += 1
             return value
         if value is None and field not in (row.value or {}):
             keys = ", ".join(list(row.value or {})[:8])
             row.error = f"no {field!r} field (fields: {keys}); name the right one with {flag}"
+            if not bad.good:
+                raise ScratchLMError(f"{row.where}: {row.error}")
         else:
             row.error = f"{field!r} is {'null' if value is None else type(value).__name__}, not a string"
     bad(row.where, row.error)
