@@ -26,6 +26,10 @@ from safetensors.torch import load_file
 
 from scratchlm.cli import main
 from scratchlm.train.interrupt import Interrupted
+from scratchlm.train.trainer import Trainer
+from tests.cli.test_finetune import COMMON as FT_COMMON
+from tests.cli.test_finetune import LORA as FT_LORA
+from tests.cli.test_finetune import base  # noqa: F401 (a fixture)
 from tests.train.test_trainer import _trainer
 
 SCRATCHLM = Path(sys.executable).parent / "scratchlm"
@@ -294,3 +298,28 @@ def test_torchrun_ranks_stop_together_and_resume_exactly(char_data, tmp_path):
                              timeout=WAIT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert same_weights(run, tmp_path / "full")
+
+
+def test_finetune_sigterm_resumes_exactly(tmp_path, capsys, monkeypatch, base):  # noqa: F811
+    """`scratchlm finetune` (LoRA dropout 0.1): SIGTERM during step 4 stops after it with exit
+    143 and the resume command, which ends with the adapter of an uninterrupted run."""
+    args = ["finetune", str(base / "base"), "--data", str(base / "chat.jsonl"), *FT_COMMON,
+            *FT_LORA, "--train.max_steps", "8"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    step = Trainer._train_step
+
+    def signalled(self, **kw):
+        if self.step == 3:  # the signal lands inside step 4
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, **kw)
+
+    monkeypatch.setattr(Trainer, "_train_step", signalled)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "run")]) == 143
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "SIGTERM: stopped after step 4 of 8" in line and "resume with: scratchlm finetune " in line
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    assert main(shlex.split(line.split("resume with: ")[1])[1:]) == 0
+    a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
