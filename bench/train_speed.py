@@ -81,6 +81,14 @@ def build_pair(s: dict, attn: str, seed: int = 0):
     return cfg, ours, hf
 
 
+def autocast(forward):
+    """`forward` under `torch.autocast("cpu", dtype=torch.bfloat16)`, as the Trainer runs it."""
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(ids)
+    return run
+
+
 def optimizer_kind(opt: torch.optim.Optimizer) -> str:
     d = opt.defaults
     return "fused" if d.get("fused") else "foreach" if d.get("foreach") else "default (for-loop on CPU)"
@@ -177,6 +185,13 @@ def bench_size(name: str, s: dict, *, compile_: bool, eager_hf: bool) -> dict:
         runners["HF GPT2LMHeadModel (eager)"] = Runner(
             hf_eager, lambda ids: hf_eager(input_ids=ids).logits, batches, train_cfg)
 
+    # bf16 autocast (fp32 master weights), what train.dtype bfloat16 runs; fresh copies, since
+    # each runner keeps its own optimizer state.
+    _, ours_bf, hf_bf = build_pair(s, "sdpa")
+    runners["ours, bf16 autocast"] = Runner(ours_bf, autocast(ours_bf), batches, train_cfg)
+    runners["HF GPT2LMHeadModel (sdpa), bf16 autocast"] = Runner(
+        hf_bf, autocast(lambda ids: hf_bf(input_ids=ids).logits), batches, train_cfg)
+
     compile_s = None
     if compile_:
         _, ours_c, _ = build_pair(s, "sdpa")
@@ -233,7 +248,9 @@ def main() -> None:
         "",
         "One step: forward, cross-entropy, backward, `clip_grad_norm_(1.0)`, AdamW step "
         "(scratchlm's `make_optimizer` for both sides: lr 1e-3, betas (0.9, 0.95), weight decay "
-        f"0.1 on matrices; implementation: {opt_kind}), fp32, dropout 0, random token batches. Both models start from the "
+        f"0.1 on matrices; implementation: {opt_kind}), fp32 (rows marked bf16 autocast: "
+        "forward and loss under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`, fp32 master "
+        "weights and optimizer state), dropout 0, random token batches. Both models start from the "
         "same weights (ours exported with `scratchlm.interop.hf.to_hf_state_dict`). "
         "`tokens/s` is the median over repeats (± half the min-max range); the ratio is "
         "against HF with `sdpa`, the transformers default.",

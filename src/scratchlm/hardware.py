@@ -52,6 +52,14 @@ class Capabilities:
         return self.bf16_speedup is not None and self.bf16_speedup >= FAST_BF16_MIN_SPEEDUP
 
     @property
+    def fast_bf16_training(self) -> bool:
+        """bf16 autocast pays for training: AMX-BF16 with a measured fast bf16 GEMM (issue 13,
+        2-core Xeon: HF GPT-2 124M training 1.73x fp32). On a Zen 4 with AVX-512 BF16 but no
+        AMX, autocast measured 0.75x fp32 for the nanoGPT CPU recipe (its GEMMs are too small to
+        repay the casts), so `train.dtype auto` stays fp32 there."""
+        return self.amx_bf16 and self.fast_bf16
+
+    @property
     def fast_int8(self) -> bool:
         """int8 dynamic-quantized Linear layers can run (fbgemm needs AVX2 at least)."""
         return self.int8_engine is not None
@@ -61,7 +69,8 @@ class Capabilities:
         return self.avx512_vnni or self.avx_vnni or self.amx_int8
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "fast_bf16": self.fast_bf16, "fast_int8": self.fast_int8}
+        return {**asdict(self), "fast_bf16": self.fast_bf16,
+                "fast_bf16_training": self.fast_bf16_training, "fast_int8": self.fast_int8}
 
 
 def parse_flags(cpuinfo: str) -> set[str]:

@@ -25,3 +25,19 @@ def test_bf16_resume_is_bit_identical(char_data, tmp_path):
     fp32.fit()
     c = load_file(tmp_path / "fp32" / "final" / "model.safetensors")
     assert any(not torch.equal(a[k], c[k]) for k in a)  # bf16 did change the arithmetic
+
+
+def test_auto_picks_bf16_only_where_bf16_training_is_fast(monkeypatch):
+    from dataclasses import replace
+
+    from scratchlm.hardware import capabilities
+    from scratchlm.train import trainer
+
+    caps = capabilities()
+    cpu = torch.device("cpu")
+    for amx, speedup, want in ((True, 3.0, torch.bfloat16), (False, 3.0, None), (True, 0.5, None)):
+        monkeypatch.setattr(trainer, "capabilities",
+                            lambda a=amx, s=speedup: replace(caps, amx_bf16=a, bf16_speedup=s))
+        assert trainer.autocast_dtype("auto", cpu) == want
+        assert trainer.autocast_dtype("float32", cpu) is None
+        assert trainer.autocast_dtype("bfloat16", cpu) == torch.bfloat16

@@ -102,10 +102,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast only where it is fast: bf16 on CUDA that supports it. On CPU, fp32 (bf16
-    matmuls are ~100x slower on CPUs without AMX)."""
+    """Autocast only where it is fast: bf16 on CUDA that supports it, and on CPUs where bf16
+    training is fast (`Capabilities.fast_bf16_training`: AMX). Elsewhere fp32: bf16 matmuls
+    are ~100x slower on AVX2-only CPUs. Master weights and optimizer state stay fp32."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and capabilities().fast_bf16_training:
             return torch.bfloat16
         return None
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
