@@ -87,3 +87,28 @@ def test_chat_page_streams_a_reply_and_stops_it(server, browser):
     # Everything the page loaded came from the server itself (no CDN).
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(server.url + "/") for u in loaded)
+
+
+def test_page_drives_a_keyless_server_by_each_local_name(talker_dir, browser):
+    """Without an API key the server takes only JSON from its own origin and Host names
+    (serve/guard.py): the page, which sends exactly that, still chats, whether opened as
+    127.0.0.1 or localhost."""
+    s = Server(talker_dir, "--max-tokens", "50")
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+    try:
+        port = s.url.rsplit(":", 1)[1]
+        for url in (s.url, f"http://localhost:{port}"):
+            browser.get(url + "/")
+            wait.until(lambda d: by_id("status").text == "ready")
+            by_id("max-tokens").clear()
+            by_id("max-tokens").send_keys("8")
+            by_id("message").send_keys("Hello", Keys.ENTER)
+            wait.until(lambda d: by_id("send").is_enabled()
+                       and d.find_elements(By.CSS_SELECTOR, ".msg.assistant .text"))
+            assert browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[-1].text
+            assert by_id("status").text.startswith("ready")
+        assert s.health()["finished"] == 2
+        assert "Traceback" not in "".join(s.output)
+    finally:
+        s.close()
