@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                               repetition_penalty=args.repetition_penalty, seed=args.seed)
-    model, tokenizer = load_for_inference(args, header=True)
+    model, tokenizer = load_for_inference(args)
     template = chat_template_for(tokenizer, args.chat_template)
     chat = Chat(model, tokenizer, config, template=template, system=args.system)
     out = sys.stdout

@@ -48,8 +48,9 @@ def add_precision_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_for_inference(args: argparse.Namespace, *, adapters: bool = True, header: bool = False):
     """(model, tokenizer) of args.model_dir on args.device in args.dtype / args.quantize (checked
-    before anything is loaded). The machine's capabilities and the precision go to stderr with
-    `header` (generate, chat, serve) or when not the default fp32."""
+    before anything is loaded). The machine's capabilities and the precision chosen are printed
+    on stdout with `header` (serve's start-up lines), else on stderr when not the default fp32
+    (stderr stays one line for a plain run's errors)."""
     from scratchlm.hardware import describe
     from scratchlm.modeldir import load
 
@@ -60,7 +61,8 @@ def load_for_inference(args: argparse.Namespace, *, adapters: bool = True, heade
         print(precision.warning, file=sys.stderr)
     apply_precision(model, precision)
     if header or precision.dtype != torch.float32 or precision.quantize != "none":
-        print(f"{describe()}\n{precision.describe()}", file=sys.stderr, flush=True)
+        print(f"{describe()}\n{precision.describe()}", file=sys.stdout if header else sys.stderr,
+              flush=True)
     return model, tokenizer
 
 
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
         num_samples=args.num_samples, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
-    model, tokenizer = load_for_inference(args, header=True)
+    model, tokenizer = load_for_inference(args)
     if getattr(model, "is_encoder_decoder", False):
         raise ScratchLMError(f"{args.model_dir} is an encoder-decoder ({model.config.family}): it "
                              "translates a source; use `scratchlm translate MODEL_DIR --src TEXT`")
