@@ -5,8 +5,6 @@ import pytest
 
 from scratchlm.data.pairs import (
     PairData,
-    collate,
-    encode_sources,
     is_pairs_dataset,
     is_pairs_dir,
     load_splits,
@@ -15,6 +13,7 @@ from scratchlm.data.pairs import (
     read_pairs,
 )
 from scratchlm.data.pretrain import TokenData
+from scratchlm.data.seq2seq import collate, encode_sources
 from scratchlm.errors import ScratchLMError
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "far", "away", "big", "dog"]
@@ -254,7 +253,7 @@ def test_encode_sources_matches_prepared_batches(pair_dir):
     data = PairData(pair_dir[0])
     idx, b = next(data.iter_batches("valid", batch_size=5))
     texts = [data.texts("valid")[i][0] for i in idx]
-    enc = encode_sources(data.tokenizer(), texts)
+    enc = collate(encode_sources(data.tokenizer(), texts), tokenizer=data.tokenizer())
     assert enc["src_ids"].equal(b["src_ids"]) and enc["src_mask"].equal(b["src_mask"])
 
 

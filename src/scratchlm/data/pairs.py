@@ -37,6 +37,7 @@ import torch
 
 from scratchlm.data import readers
 from scratchlm.data.libreoffice import split_pairs
+from scratchlm.data.seq2seq import clean, collate
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, atomic_file, inside_dir, read_json, write_json
 from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -49,18 +50,12 @@ BAD_POLICIES = readers.BAD_POLICIES
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val", "dev"), "test": ("test",)}
 # Files a pairs dataset directory may hold a split in, in order of preference.
 SPLIT_EXTS = (".tsv", ".jsonl", ".json", ".parquet", ".csv", ".tsv.gz", ".jsonl.gz", ".jsonl.zst")
-IGNORE_INDEX = -100  # labels at padding: ignored by cross_entropy
 BUCKET_BATCHES = 10  # a length bucket holds this many batches' worth of pairs
 CHUNK_PAIRS = 4096  # encode this many sentences at a time
 
 
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
-
-
-def clean(text: str) -> str:
-    """One line: runs of whitespace (tabs and newlines included) become one space."""
-    return " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------- reading
@@ -412,47 +407,6 @@ def prepare_pairs(
 
 
 # ----------------------------------------------------------------------------- batches
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None = None, *,
-            tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
-    """Pad token lists (no special tokens) into a batch, right-padded with the pad id:
-
-    src_ids (B, S) long: source + [eos];   src_mask (B, S) bool: True at real tokens
-    tgt_in  (B, T) long: [bos] + target;   labels   (B, T) long: target + [eos], -100 at padding
-    (tgt_in and labels only when `tgt` is given)."""
-    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
-    B = len(src)
-    S = max(len(s) for s in src) + 1
-    src_ids = np.full((B, S), pad, dtype=np.int64)  # (B, S)
-    src_mask = np.zeros((B, S), dtype=bool)  # (B, S)
-    for i, s in enumerate(src):
-        src_ids[i, : len(s)] = s
-        src_ids[i, len(s)] = eos
-        src_mask[i, : len(s) + 1] = True
-    batch = {"src_ids": torch.from_numpy(src_ids), "src_mask": torch.from_numpy(src_mask)}
-    if tgt is not None:
-        T = max(len(t) for t in tgt) + 1
-        tgt_in = np.full((B, T), pad, dtype=np.int64)  # (B, T)
-        labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)  # (B, T)
-        for i, t in enumerate(tgt):
-            tgt_in[i, 0] = bos
-            tgt_in[i, 1 : len(t) + 1] = t
-            labels[i, : len(t)] = t
-            labels[i, len(t)] = eos
-        batch["tgt_in"] = torch.from_numpy(tgt_in)
-        batch["labels"] = torch.from_numpy(labels)
-    return batch
-
-
-def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], *,
-                   max_len: int | None = None) -> dict[str, torch.Tensor]:
-    """src_ids (B, S) and src_mask (B, S) for raw source sentences (translate/evaluate),
-    truncated like `prepare_pairs` does to `max_len` tokens, <|eos|> included."""
-    ids = tokenizer.encode_batch([clean(t) for t in texts])
-    if max_len is not None:
-        ids = [x[: max_len - 1] for x in ids]
-    return collate(ids, None, tokenizer=tokenizer)
-
-
 class PairData:
     """A prepared pairs directory. Split names: train, valid ("val" is accepted too), test."""
 

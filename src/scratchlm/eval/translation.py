@@ -11,10 +11,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from scratchlm.data.seq2seq import IGNORE_INDEX, collate, encode_sources
 from scratchlm.eval import metrics as M
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
-from scratchlm.generate.translate import _pad, encode_sources, translate
+from scratchlm.generate.translate import translate
 from scratchlm.tokenizers import Tokenizer
 
 METRICS = ("bleu", "chrf", "rouge", "ppl")
@@ -55,20 +56,17 @@ def reference_loss(
     their sources, with teacher forcing; and its exponential, the perplexity."""
     model.eval()
     device = next(model.parameters()).device
-    src = encode_sources(model, tokenizer, [s for s, _ in pairs])
+    src = encode_sources(tokenizer, [s for s, _ in pairs], limit=model.config.block_size)
     limit = model.max_context or 10**9
     total, count = 0.0, 0
     for i in range(0, len(pairs), batch_size):
         chunk = range(i, min(i + batch_size, len(pairs)))
-        src_ids, src_mask = _pad([src[j] for j in chunk], tokenizer.pad_id, device)
         tgts = [tokenizer.encode(pairs[j][1])[: limit - 1] for j in chunk]
-        tgt_in, _ = _pad([[tokenizer.bos_id, *t] for t in tgts], tokenizer.pad_id, device)
-        labels, lmask = _pad([[*t, tokenizer.eos_id] for t in tgts], tokenizer.pad_id, device)
-        labels = labels.masked_fill(~lmask, -100)
-        logits = model(tgt_in, memory=model.encode(src_ids, src_mask))  # (B, T, V)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                       ignore_index=-100, reduction="sum"))
-        count += int(lmask.sum())
+        b = {k: v.to(device) for k, v in collate([src[j] for j in chunk], tgts, tokenizer=tokenizer).items()}
+        logits = model(b["tgt_in"], memory=model.encode(b["src_ids"], b["src_mask"]))  # (B, T, V)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(),
+                                       ignore_index=IGNORE_INDEX, reduction="sum"))
+        count += int((b["labels"] != IGNORE_INDEX).sum())
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": count}
 

@@ -3,7 +3,7 @@ the one beam search:
 
     texts = translate(model, tokenizer, ["Click OK."], beam=BeamConfig(num_beams=5))
 
-Sources are encoded as their tokens plus <|eos|> (as `scratchlm prepare` stores them), sorted
+Sources are batched as training batches them (data/seq2seq.py: tokens plus <|eos|>), sorted
 by length into batches, encoded once, and decoded from <|bos|>. The output length is capped
 at max_len_a * source_length + max_len_b tokens (fairseq's convention), and by the model's
 positions.
@@ -12,11 +12,11 @@ positions.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 
+from scratchlm.data.seq2seq import collate, encode_sources
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import GenerationConfig, generate_tokens
@@ -32,39 +32,9 @@ class LengthLimit:
         return max(1, math.ceil(self.max_len_a * src_len + self.max_len_b))
 
 
-def encode_sources(
-    model: torch.nn.Module, tokenizer: Tokenizer, sources: list[str], *, on_long: str = "truncate"
-) -> list[list[int]]:
-    """Token ids (+ <|eos|>) of each source; over-long ones are truncated (with a warning on
-    stderr) or refused (on_long="refuse")."""
-    limit = model.config.block_size
-    out, cut = [], 0
-    for i, text in enumerate(sources):
-        ids = tokenizer.encode(text) + [tokenizer.eos_id]
-        if len(ids) > limit:
-            if on_long == "refuse":
-                raise ScratchLMError(f"source {i + 1} is {len(ids)} tokens, longer than the model's "
-                                     f"{limit} (model.block_size); shorten it")
-            ids, cut = ids[: limit - 1] + [tokenizer.eos_id], cut + 1
-        out.append(ids)
-    if cut:
-        print(f"warning: {cut} source(s) longer than {limit} tokens were truncated", file=sys.stderr)
-    return out
-
-
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    S = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), S), pad_id, dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s)
-    lengths = torch.tensor([len(s) for s in seqs])
-    mask = torch.arange(S)[None, :] < lengths[:, None]  # (B, S) True at real tokens
-    return ids.to(device), mask.to(device)
 
 
 @torch.inference_mode()
@@ -87,14 +57,13 @@ def translate_nbest(
     config = config or GenerationConfig(temperature=0.0)
     model.eval()
     device = next(model.parameters()).device
-    src = encode_sources(model, tokenizer, sources, on_long=on_long)
+    src = encode_sources(tokenizer, sources, limit=model.config.block_size, on_long=on_long)
     results: list[list[tuple[list[int], float]]] = [[] for _ in sources]
     special = tokenizer.special_ids
     for idx in _batches([len(s) for s in src], batch_size):
-        seqs = [src[i] for i in idx]
-        ids, mask = _pad(seqs, tokenizer.pad_id, device)
-        memory = model.encode(ids, mask)
-        n_new = length.of(max(len(s) for s in seqs))
+        batch = collate([src[i] for i in idx], tokenizer=tokenizer)
+        memory = model.encode(batch["src_ids"].to(device), batch["src_mask"].to(device))
+        n_new = length.of(batch["src_ids"].shape[1])  # the longest source, <|eos|> included
         start = torch.full((len(idx), 1), tokenizer.bos_id, dtype=torch.long, device=device)
         if beam is not None:
             bcfg = BeamConfig(**{**beam.__dict__, "max_new_tokens": min(beam.max_new_tokens, n_new)})
