@@ -407,17 +407,18 @@ class Trainer:
         cfg = self.cfg
         request = StopRequest(quiet=not self.dist.is_main)
         with request.installed():
-            self._prepare_run_dir(resume=resume)
-            if self.dist.is_main:
-                self.reporter = Reporter(self.out, cfg.report_to, start_step=self.step)
             try:
+                self._prepare_run_dir(resume=resume)
+                if self.dist.is_main:
+                    self.reporter = Reporter(self.out, cfg.report_to, start_step=self.step)
                 summary = self._loop(request, cfg.max_steps if until_step is None
                                      else min(until_step, cfg.max_steps))
             except Aborted as e:
+                last = self.out / "last"
+                kept = f"{last} holds the last checkpoint" if last.is_dir() else "no checkpoint yet"
                 raise Interrupted(
                     f"aborted by a third {signal_name(e.signum)} at step {self.step}: nothing more "
-                    f"was saved; {self.out / 'last'} holds the last checkpoint",
-                    signum=e.signum, step=self.step, saved=False) from None
+                    f"was saved; {kept}", signum=e.signum, step=self.step, saved=False) from None
             finally:
                 if self.reporter is not None:
                     self.reporter.close()
