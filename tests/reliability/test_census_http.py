@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from tests.serve.conftest import API_KEY, Server, gpt_dir, tokenizer  # noqa: F401 (fixtures)
 
 NAME = "tiny-gpt"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 CORS = "http://localhost:3000"
 DEEP = b'{"model": "tiny-gpt", "prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
 BIG = json.dumps({"model": NAME, "prompt": "y" * 600_000}).encode()  # over --max-body-kb 512
@@ -60,9 +63,9 @@ def chat(**fields) -> bytes:
 
 
 C, CHAT = "/v1/completions", "/v1/chat/completions"
-# (id, server, method, path, body, headers, status, words the message must contain)
-CASES = [
-    # -- the body
+# class -> [(id, server, method, path, body, headers, status, words the message must contain)]
+GROUPS = {
+    "body": [
     ("not-json", "keyless", "POST", C, b"{not json", {}, 400, "not valid JSON"),
     ("not-utf8", "keyless", "POST", C, b'{"model": "\xff\xfe"}', {}, 400, "not valid JSON"),
     ("json-array", "keyless", "POST", C, b"[1, 2]", {}, 400, "JSON object"),
@@ -73,7 +76,8 @@ CASES = [
     ("deep-nesting-65", "keyless", "POST", C, completion(metadata=json.loads("[" * 65 + "]" * 65)),
      {}, 400, "nests"),
     ("huge-body", "keyless", "POST", C, BIG, {}, 413, "larger than"),
-    # -- sampling parameters
+    ],
+    "sampling parameters": [
     ("temperature-high", "keyless", "POST", C, completion(temperature=3), {}, 400, "temperature"),
     ("temperature-string", "keyless", "POST", C, completion(temperature="hot"), {}, 400, "temperature"),
     ("temperature-negative", "keyless", "POST", C, completion(temperature=-0.1), {}, 400, "temperature"),
@@ -93,11 +97,13 @@ CASES = [
     ("unsupported-penalty", "keyless", "POST", C, completion(presence_penalty=0.5), {}, 400,
      "presence_penalty"),
     ("unknown-argument", "keyless", "POST", C, completion(frobnicate=1), {}, 400, "frobnicate"),
-    # -- stop strings
+    ],
+    "stop strings": [
     ("stop-five", "keyless", "POST", C, completion(stop=["a", "b", "c", "d", "e"]), {}, 400, "stop"),
     ("stop-empty", "keyless", "POST", C, completion(stop=""), {}, 400, "stop"),
     ("stop-number", "keyless", "POST", C, completion(stop=5), {}, 400, "stop"),
-    # -- log-probabilities
+    ],
+    "logprobs and echo": [
     ("logprobs-high", "keyless", "POST", C, completion(logprobs=21), {}, 400, "logprobs"),
     ("logprobs-negative", "keyless", "POST", C, completion(logprobs=-1), {}, 400, "logprobs"),
     ("logprobs-string", "keyless", "POST", C, completion(logprobs="yes"), {}, 400, "logprobs"),
@@ -111,7 +117,8 @@ CASES = [
     ("chat-logprobs-number", "keyless", "POST", CHAT, chat(logprobs=2), {}, 400, "logprobs"),
     ("chat-top_logprobs-high", "keyless", "POST", CHAT, chat(logprobs=True, top_logprobs=21), {},
      400, "top_logprobs"),
-    # -- prompts and messages
+    ],
+    "prompts and messages": [
     ("prompt-too-long", "keyless", "POST", C, completion(prompt="x" * 250), {}, 400, "250 tokens"),
     ("prompt-number", "keyless", "POST", C, completion(prompt=5), {}, 400, "'prompt'"),
     ("prompt-empty-list", "keyless", "POST", C, completion(prompt=[]), {}, 400, "'prompt'"),
@@ -128,7 +135,8 @@ CASES = [
     ("messages-image-part", "keyless", "POST", CHAT,
      chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
      {}, 400, "text parts"),
-    # -- what a web page sends (keyless server)
+    ],
+    "web page (content type, Host, Origin)": [
     ("content-type-text-plain", "keyless", "POST", C, completion(), {"Content-Type": "text/plain"},
      415, "application/json"),
     ("content-type-form", "keyless", "POST", C, completion(),
@@ -145,18 +153,22 @@ CASES = [
     ("origin-null", "keyless", "POST", C, completion(), {"Origin": "null"}, 403, "null"),
     ("preflight-foreign", "keyless", "OPTIONS", C, None,
      {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, 403, "evil.example"),
-    # -- paths and methods
+    ],
+    "paths and methods": [
     ("unknown-path", "keyless", "POST", "/v1/embeddings", b"{}", {}, 404, "Not Found"),
     ("wrong-method", "keyless", "GET", C, None, {}, 405, "Method Not Allowed"),
     ("unknown-model-card", "keyless", "GET", "/v1/models/gpt-4", None, {}, 404, "gpt-4"),
-    # -- a server with an API key
+    ],
+    "API key": [
     ("key-missing", "keyed", "POST", C, completion(), {}, 401, "API key"),
     ("key-wrong", "keyed", "POST", C, completion(), {"Authorization": "Bearer nope"}, 401, "API key"),
     ("key-not-bearer", "keyed", "POST", C, completion(), {"Authorization": f"Basic {API_KEY}"}, 401,
      "API key"),
     ("keyed-deep-nesting", "keyed", "POST", C, DEEP, {"Authorization": f"Bearer {API_KEY}"}, 400,
      "nests"),
-]
+    ],
+}
+CASES = [case for cases in GROUPS.values() for case in cases]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -173,8 +185,13 @@ def test_bad_request(servers, case):
     assert "Traceback" not in "".join(server.output)
 
 
-def test_census_size():
-    assert len(CASES) >= 35
+def test_census_is_large_and_documented():
+    """docs/reliability.md's HTTP table has these counts."""
+    assert len(CASES) >= 35 and len({c[0] for c in CASES}) == len(CASES)
+    text = DOC.read_text(encoding="utf-8")
+    for cls, cases in GROUPS.items():
+        assert re.search(rf"\|\s*{re.escape(cls)}\s*\|\s*{len(cases)}\s*\|", text), f"docs: {cls}"
+    assert re.search(rf"\|\s*\*\*HTTP, all\*\*\s*\|\s*\*\*{len(CASES)}\*\*\s*\|", text)
 
 
 def test_what_must_still_work(servers):
