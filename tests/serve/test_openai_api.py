@@ -16,9 +16,9 @@ import openai
 import pytest
 
 import scratchlm
-from scratchlm.data.sft import render_chat
 from scratchlm.generate.decode import GenerationConfig, TextStream, generate, generate_tokens
 from scratchlm.generate.translate import translate_nbest
+from scratchlm.tokenizers.chat import render_chat
 from tests.serve.conftest import API_KEY, TEMPLATE, Server
 
 NAME = "tiny-chat"  # the default model name: the directory's
@@ -385,6 +385,7 @@ def test_serve_user_errors_are_one_clean_line(gpt_dir, tmp_path):
         busy = serve(gpt_dir, "--port", taken.getsockname()[1])
     for proc, needle in ((busy, "cannot listen on 127.0.0.1"),
                          (serve(tmp_path / "nothing"), "does not exist"),
-                         (serve(gpt_dir, "--slots", "0"), "--slots must be at least 1")):
+                         (serve(gpt_dir, "--slots", "0"), "--slots must be at least 1"),
+                         (serve(gpt_dir, "--cors-origin", "localhost:3000/app"), "is not an origin")):
         assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
