@@ -54,7 +54,7 @@ def is_json(content_type: str | None) -> bool:
 def split_host(value: str) -> tuple[str, int | None] | None:
     """A Host header as (name, port): "localhost:8000" -> ("localhost", 8000); "[::1]:80" ->
     ("[::1]", 80); None where it is not one."""
-    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?", value.strip())
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]\s/@]+)(?::(\d{1,5}))?", value.strip())
     if m is None:
         return None
     return m.group(1).lower().rstrip("."), int(m.group(2)) if m.group(2) else None
@@ -62,11 +62,13 @@ def split_host(value: str) -> tuple[str, int | None] | None:
 
 def host_names(bound: str, extra: list[str] | tuple[str, ...] = ()) -> set[str]:
     """The names a keyless server answers to: localhost, the loopback addresses, the address
-    it listens on (unless it is a wildcard such as 0.0.0.0), and the `--allowed-host` names."""
+    it listens on and the `--allowed-host` names (IPv6 addresses in brackets, as a Host header
+    writes them; never a wildcard such as 0.0.0.0, which names no one machine)."""
     names = set(LOCAL_NAMES)
-    if bound not in ("0.0.0.0", "::", ""):
-        names.add(f"[{bound}]" if ":" in bound else bound)
-    names.update(n.lower().rstrip(".") for n in extra)
+    for name in (bound, *extra):
+        name = name.strip().lower().rstrip(".")
+        if name.strip("[]") not in ("0.0.0.0", "::", ""):
+            names.add(f"[{name}]" if ":" in name and not name.startswith("[") else name)
     return names
 
 
