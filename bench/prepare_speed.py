@@ -1,6 +1,6 @@
 """Speed of `scratchlm prepare` against the bare encoders it is built on, in one run.
 
-    .venv/bin/python bench/prepare_speed.py               # 5 interleaved repeats, writes the doc
+    .venv/bin/python bench/prepare_speed.py               # 3 interleaved repeats, writes the doc
     .venv/bin/python bench/prepare_speed.py --repeats 2   # quicker, no doc update
 
 On the Shakespeare works (`scratchlm datasets get shakespeare`, 5.06 MB, 42 documents), with a
@@ -80,7 +80,7 @@ def tiktoken_runner(texts: list[str], mb: float):
 
 
 def main() -> None:
-    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 5
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
     info = C.env_info()
     print(C.env_lines(info))
     print("CPU:", cpu_line())

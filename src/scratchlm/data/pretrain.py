@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +109,33 @@ def prepare(
     with atomic_dir(out) as tmp:
         outs = {s: open(tmp / f"{s}.bin", "wb") for s in counts}  # noqa: SIM115 (closed below)
         batch: list[tuple[str, str, bool]] = []  # (split, text, doc_end)
+        # parallel: a batch is encoded on a worker thread (the tokenizers library releases
+        # the GIL and uses every core) while this thread reads the next one and writes the last.
+        pool = ThreadPoolExecutor(1) if parallel else None
+        pending: list[tuple[Future, list]] = []
 
-        def flush() -> None:
-            ids = encode_pieces(tok, [t for _, t, _ in batch], parallel=parallel)
-            for (split, text, doc_end), x in zip(batch, ids, strict=True):
-                outs[split].write(x.astype(dtype).tobytes())
+        def write(done: list[tuple[str, str, bool]], ids: list[np.ndarray]) -> None:
+            for (split, text, doc_end), x in zip(done, ids, strict=True):
+                outs[split].write(x.astype(dtype, copy=False))
                 if doc_end:
-                    outs[split].write(eos.tobytes())
+                    outs[split].write(eos)
                 counts[split]["tokens"] += len(x) + doc_end
                 counts[split]["bytes"] += len(text.encode("utf-8"))
-            batch.clear()
+
+        def flush(*, last: bool = False) -> None:
+            nonlocal batch
+            texts = [t for _, t, _ in batch]
+            if pool is None:
+                write(batch, encode_pieces(tok, texts, parallel=False))
+            else:
+                future = pool.submit(encode_pieces, tok, texts)
+                if pending:
+                    earlier, done = pending.pop()
+                    write(done, earlier.result())
+                pending.append((future, batch))
+                if last:
+                    write(batch, future.result())
+            batch = []
 
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",
                    disable=None if show_progress else True)  # None: off when not a terminal
@@ -135,8 +153,10 @@ def prepare(
                                         refresh=False)
                 bar.update(read - pos)
                 pos = read
-            flush()
+            flush(last=True)
         finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             bar.close()
             for fh in outs.values():
                 fh.close()
