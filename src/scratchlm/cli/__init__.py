@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args, extra = parser.parse_args(argv), []
     try:
-        if isinstance(getattr(args, "device", None), str):  # every verb's --device
-            from scratchlm.config import check_device
-
-            check_device(args.device, "--device")
+        check_shared_flags(args)
         return int(verbs[args.verb].run(args, extra) or 0)
     except ScratchLMError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -110,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1
+
+
+# Flags several verbs share, checked once for all of them: name -> (lowest, highest).
+SHARED_RANGES = {"num_beams": (1, None), "port": (0, 65535)}
+
+
+def check_shared_flags(args: argparse.Namespace) -> None:
+    """--device, --num-beams, --port: the same rule in every verb that has them."""
+    if isinstance(getattr(args, "device", None), str):
+        from scratchlm.config import check_device
+
+        check_device(args.device, "--device")
+    for name, (lo, hi) in SHARED_RANGES.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and (value < lo or (hi is not None and value > hi)):
+            flag = "--" + name.replace("_", "-")
+            bound = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ScratchLMError(f"{flag} must be {bound}, got {value}")
 
 
 # Errors of the file system a user can fix, printed in one line (others keep their traceback).
