@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 import scratchlm
 from scratchlm.cli import main
-from scratchlm.data.sft import render_chat
 from scratchlm.modeldir import save_model_dir
 from scratchlm.peft import load_with_adapter
 from scratchlm.tokenizers import train_tokenizer
+from scratchlm.tokenizers.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from tests.conftest import tiny_model
 
 
@@ -89,6 +89,11 @@ def test_lora_finetune_exact_resume_and_merge(base, tmp_path, capsys):
     out = ok(capsys, "merge-lora", tmp_path / "full", "--out", tmp_path / "merged")
     assert "6 layers" in out
     adapted, tok = load_with_adapter(final)
+    # The base has no chat template: it learned the built-in one, and carries it from now on
+    # (chat, serve, generate --chat and evaluate then render conversations with it).
+    assert scratchlm.load(base / "base")[1].chat_template is None
+    assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
+    assert scratchlm.load(tmp_path / "merged")[1].chat_template == DEFAULT_CHAT_TEMPLATE
     merged, _ = scratchlm.load(tmp_path / "merged")
     x = torch.randint(0, tok.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
     base_model, _ = scratchlm.load(base / "base")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from scratchlm.data.sft import (
-    DEFAULT_CHAT_TEMPLATE,
     SFTData,
     block_causal_mask,
     chat_segments,
@@ -16,10 +15,10 @@ from scratchlm.data.sft import (
     encode_record,
     load_examples,
     pack,
-    render_chat,
 )
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizers import train_tokenizer
+from scratchlm.tokenizers.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from tests.conftest import FAMILIES, tiny_model
 
 # A ChatML template like SmolLM2-Instruct's (with its default system prompt).

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.cli import main
-from scratchlm.data.sft import encode_record, render_chat
+from scratchlm.data.sft import encode_record
 from scratchlm.eval.completion import completion_loss, read_items
 from scratchlm.eval.metrics import chrf
 from scratchlm.generate.decode import GenerationConfig, generate
 from scratchlm.modeldir import load, save_model_dir
 from scratchlm.tokenizers import train_tokenizer
+from scratchlm.tokenizers.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from tests.conftest import tiny_model
 
 CHARS = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789?!.,:\n"
@@ -85,6 +86,8 @@ def test_stop_string_escape_and_beam(model_dir, tmp_path, capsys):
 
 
 def test_chat_records_prompt_is_the_template_up_to_the_last_assistant_turn(model_dir, tmp_path):
+    """Asked as `scratchlm chat` asks: the model's own template (a fine-tuned model carries the
+    one it learned); this model has none, so the plain transcript, then with the built-in one."""
     _, tok = load(model_dir)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                 {"role": "user", "content": "how are you?"}, {"role": "assistant", "content": " fine "}]
@@ -92,8 +95,11 @@ def test_chat_records_prompt_is_the_template_up_to_the_last_assistant_turn(model
     f.write_text(json.dumps({"messages": messages}) + "\n"
                  + json.dumps({"instruction": "Add", "input": "2 and 3", "output": "5"}) + "\n")
     a, b = read_items(f, tokenizer=tok)
-    assert a.prompt == render_chat(messages[:3], tokenizer=tok, add_generation_prompt=True)
+    assert a.prompt == "hi" + "hello" + "\nhow are you?"  # no template: plain continuation
     assert a.reference == "fine" and a.where == f"{f}:1"
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE  # as `finetune` leaves it in its output
+    a, b = read_items(f, tokenizer=tok)
+    assert a.prompt == render_chat(messages[:3], tokenizer=tok, add_generation_prompt=True)
     assert b.prompt == render_chat([{"role": "user", "content": "Add\n\n2 and 3"}], tokenizer=tok,
                                    add_generation_prompt=True)
     assert b.reference == "5"

@@ -15,9 +15,8 @@ import pytest
 
 import scratchlm
 from scratchlm.cli.chat import Chat
-from scratchlm.data.sft import render_chat
 from scratchlm.generate import GenerationConfig
-from scratchlm.serve.prompt import chat_prompt, plain_transcript
+from scratchlm.tokenizers.chat import chat_prompt, plain_transcript, render_chat
 from tests.serve.conftest import ENV, TEMPLATE
 
 PROMPT = "you> "
@@ -172,9 +171,8 @@ def test_chat_without_template_is_plain_continuation(gpt_dir):
 
 
 def test_template_modes(template_dir, gpt_dir):
-    from scratchlm.data.sft import DEFAULT_CHAT_TEMPLATE
     from scratchlm.errors import ScratchLMError
-    from scratchlm.serve.prompt import chat_template_for
+    from scratchlm.tokenizers.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for
 
     with_template = scratchlm.load(template_dir)[1]
     without = scratchlm.load(gpt_dir)[1]

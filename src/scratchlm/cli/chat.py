@@ -27,7 +27,7 @@ from scratchlm.cli.generate import (
 )
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
-from scratchlm.serve.prompt import TEMPLATE_MODES, chat_prompt, chat_template_for
+from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_prompt, chat_template_for
 
 HELP = "chat with a model in the terminal (streamed replies, /reset, /system, /exit)"
 COMMANDS = "commands: /reset, /system TEXT, /exit (or Ctrl-D); Ctrl-C stops an answer"

@@ -27,11 +27,12 @@ import torch
 
 from scratchlm.cli.train import report_done, stopped
 from scratchlm.config import load_yaml, parse_overrides, run_config_from_dict
-from scratchlm.data.sft import SFTData, chat_template_of, load_examples, split_examples
+from scratchlm.data.sft import SFTData, load_examples, split_examples
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import claim_out_dir, is_ours, mark_dir
 from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
+from scratchlm.tokenizers.chat import training_template
 from scratchlm.train import distributed
 from scratchlm.train.finetune import FAMILIES, adapter_io, prepare_model, sft_loss
 from scratchlm.train.interrupt import Interrupted
@@ -123,7 +124,9 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist, argv: li
     model, tokenizer = load(args.model_dir)
     torch.manual_seed(cfg.train.seed)  # LoRA's A matrices
     names = prepare_model(model, cfg)  # before reading the data: bad LoRA targets fail fast
-    template = chat_template_of(tokenizer)
+    # Chat data is rendered with the model's template or the built-in one; the fine-tuned
+    # model keeps the one it learned (tokenizer_config.json), so chat and serve use it too.
+    template = tokenizer.chat_template = training_template(tokenizer)
     read = {"tokenizer": tokenizer, "fmt": ft.format, "template": template, "max_len": max_len,
             "truncation": ft.truncation, "bad_lines": ft.bad_lines}
     examples, report = load_examples(ft.data, **read)

@@ -4,7 +4,8 @@
 [--chat [--system TEXT]]`.
 
 With --chat the prompt is a user message: the model's chat template (tokenizer_config.json's
-`chat_template`, or scratchlm's default for models trained here) renders it with the
+`chat_template`; a model without one continues it as plain text, as `scratchlm chat` does,
+unless --chat-template builtin; see scratchlm.tokenizers.chat) renders it with the
 generation prompt, and only the reply is printed. MODEL_DIR may also be a LoRA adapter
 directory (a `finetune --method lora` run's final/, or a PEFT adapter): it is applied to its
 base model."""
@@ -22,6 +23,7 @@ from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for, stop_at, stop_checker
 from scratchlm.models.quant import DTYPES, QUANTIZE, apply_precision, choose_precision
 from scratchlm.peft import load_with_adapter
+from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_prompt, chat_template_for
 
 HELP = "generate text from a model directory"
 
@@ -83,6 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true",
                    help="the prompt is a user message, rendered with the model's chat template")
     p.add_argument("--system", help="with --chat: a system message before the prompt")
+    p.add_argument("--chat-template", choices=TEMPLATE_MODES, default="auto",
+                   help="with --chat: auto (the model's own, else plain text), builtin or none")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -103,11 +107,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.system and not args.chat:
         raise ScratchLMError("--system is for --chat")
     if args.chat:
-        from scratchlm.data.sft import render_chat
-
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": args.prompt})
-        args.prompt = render_chat(messages, tokenizer=tokenizer, add_generation_prompt=True)
+        template = chat_template_for(tokenizer, args.chat_template)
+        args.prompt = chat_prompt(messages, tokenizer=tokenizer, template=template)
         shown = ""
     n_prompt = len(tokenizer.encode(args.prompt)) or 1
     fits = max_new_tokens_for(model, n_prompt, config.max_new_tokens)

@@ -27,7 +27,7 @@ import torch
 
 from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.errors import ScratchLMError
-from scratchlm.serve.prompt import TEMPLATE_MODES, chat_template_for
+from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_template_for
 
 HELP = "serve a model: an OpenAI-compatible HTTP API and a web chat page"
 

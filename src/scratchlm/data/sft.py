@@ -9,8 +9,9 @@ Three formats, one object per line (JSONL) or a JSON array of them, detected per
 
 Alpaca records become a two-turn chat (user: instruction, a blank line, input; assistant:
 output). Chats are rendered with the model's chat template (Jinja, from tokenizer_config.json's
-`chat_template`, rendered with `jinja2` as transformers does), or `DEFAULT_CHAT_TEMPLATE` for
-models trained here. Only the assistant turns are learned: each is found as the text the
+`chat_template`), or the built-in one for models without it (`tokenizers.chat.
+training_template`; `finetune` saves it with the fine-tuned model). Only the assistant turns
+are learned: each is found as the text the
 template adds between the conversation up to that turn with the generation prompt and the
 conversation including the turn, so the learned span is the reply plus the template's
 end-of-turn marker (the model learns to stop). Text segments are tokenized one by one, as
@@ -27,11 +28,9 @@ logits as alone).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,76 +40,10 @@ import torch
 from scratchlm.data import readers
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizers import Tokenizer
+from scratchlm.tokenizers.chat import render_chat
 
 FORMATS = ("alpaca", "chat", "prompt_completion")
 ROLES = ("system", "user", "assistant")
-# For models without a chat template of their own (those trained here): each turn is a role
-# marker line, the content, and <eos>; generation is prompted with the assistant marker.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-
-
-# ----------------------------------------------------------------------------- templates
-def _jinja_env():
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    # The settings transformers renders chat templates with.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
-
-
-_TEMPLATES: dict[str, Any] = {}
-
-
-def chat_template_of(tokenizer: Tokenizer) -> str:
-    """The tokenizer's own chat template, else the built-in default."""
-    return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
-
-
-def special_token_strings(tokenizer: Tokenizer) -> dict[str, str]:
-    """bos_token, eos_token, pad_token, unk_token as text ("" for a role without a token),
-    the variables chat templates use."""
-    out = {}
-    for role in ("bos", "eos", "pad", "unk"):
-        i = getattr(tokenizer, f"{role}_id", None)
-        out[f"{role}_token"] = (tokenizer.hf.id_to_token(i) or "") if i is not None else ""
-    return out
-
-
-def render_chat(
-    messages: list[dict[str, str]], *, tokenizer: Tokenizer, template: str | None = None,
-    add_generation_prompt: bool = False,
-) -> str:
-    """The conversation as the template writes it (what the model reads)."""
-    from jinja2 import TemplateError
-
-    template = template or chat_template_of(tokenizer)
-    try:
-        compiled = _TEMPLATES.get(template)
-        if compiled is None:
-            compiled = _TEMPLATES[template] = _jinja_env().from_string(template)
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               **special_token_strings(tokenizer))
-    except TemplateError as e:
-        raise ScratchLMError(f"the chat template failed: {e}") from None
-
-
 def chat_segments(
     messages: list[dict[str, str]], *, tokenizer: Tokenizer, template: str | None = None,
 ) -> list[tuple[str, bool]]:

@@ -27,7 +27,6 @@ from scratchlm.data.sft import (
     detect_format,
     encode_record,
     iter_records,
-    render_chat,
     to_messages,
 )
 from scratchlm.errors import ScratchLMError
@@ -35,6 +34,7 @@ from scratchlm.eval import metrics as M
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import GenerationConfig, generate_batch, stop_at, stop_checker
 from scratchlm.tokenizers import Tokenizer
+from scratchlm.tokenizers.chat import chat_prompt, chat_template_for
 
 
 @dataclass
@@ -55,7 +55,8 @@ def _item(record: object, *, tokenizer: Tokenizer, where: str) -> Item:
         return Item(record["prompt"], record["completion"].strip(), where, example)
     messages = to_messages(record, detect_format(record))
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = render_chat(messages[:last], tokenizer=tokenizer, add_generation_prompt=True)
+    # Asked as `scratchlm chat` asks it (the model's template; plain text without one).
+    prompt = chat_prompt(messages[:last], tokenizer=tokenizer, template=chat_template_for(tokenizer))
     return Item(prompt, messages[last]["content"].strip(), where, example)
 
 

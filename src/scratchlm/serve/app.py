@@ -53,8 +53,8 @@ from scratchlm.generate.translate import LengthLimit
 from scratchlm.serve.batching import Busy, Engine, Event, Job
 from scratchlm.serve.guard import MAX_JSON_DEPTH, Guard, error_body, host_names, is_json, json_depth
 from scratchlm.serve.logprobs import chat_logprobs, completion_logprobs
-from scratchlm.serve.prompt import chat_prompt
 from scratchlm.tokenizers import Tokenizer
+from scratchlm.tokenizers.chat import chat_prompt
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
