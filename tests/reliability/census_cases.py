@@ -126,6 +126,9 @@ case("sft file", "finetune {w}/model --data {b}/binary.txt --out {t}/ft", r"bina
 case("sft file", "finetune {w}/model --out {t}/ft", r"no data: pass --data")
 case("sft file", "finetune {b}/model_badtemplate --data {w}/chat.jsonl --out {t}/ft", r"(chat )?template")
 case("sft file", "generate {b}/model_badtemplate --chat --prompt hi --max-new-tokens 1", r"(chat )?template")
+case("sft file", "generate {b}/model_template_type --chat --prompt hi --max-new-tokens 1", r"chat template failed: TypeError")
+case("sft file", "finetune {b}/model_template_type --data {w}/chat.jsonl --out {t}/ft", r"chat template failed: TypeError")
+case("sft file", "evaluate {b}/model_template_type --data {w}/chat.jsonl", r"chat template failed: TypeError")
 
 # ----------------------------------------------------------------------------- model directories
 GEN = "generate {} --prompt a --max-new-tokens 1"
@@ -297,6 +300,8 @@ def make_bad(b: Path, w: Path) -> None:
     tc = json.loads((d / "tokenizer_config.json").read_text())
     tc["chat_template"] = "{% for m in messages %}{{ m.content + 1 }}{% endfor %}{% if %}"
     (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    d = model("model_template_type")  # compiles, fails when rendered
+    _edit_json(d / "tokenizer_config.json", chat_template="{% for m in messages %}{{ m.content + 1 }}{% endfor %}")
     # runs
     (b / "run_nolast").mkdir()
     (b / "run_nolast" / "config.yaml").write_text("train: {}\n")

@@ -83,6 +83,9 @@ def render_chat(
                                **special_token_strings(tokenizer))
     except TemplateError as e:
         raise ScratchLMError(f"the chat template failed: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as e:
+        # the template's own expressions (`m.content + 1`): the template's fault, in one line
+        raise ScratchLMError(f"the chat template failed: {type(e).__name__}: {e}") from None
 
 
 def chat_template_for(tokenizer: Tokenizer, mode: str = "auto") -> str | None:
