@@ -213,6 +213,20 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
+def _usual_modes(directory: Path) -> None:
+    """Give a directory, its folders and files the modes of plain mkdir/open (mkdtemp and
+    some writers, safetensors' among them, make them owner-only)."""
+    mask = current_umask()
+    os.chmod(directory, 0o777 & ~mask)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p) and not os.stat(p).st_mode & 0o111:
+                os.chmod(p, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp directory; on success it (with the MARKER) replaces `path`.
@@ -229,7 +243,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it owner-only; give the usual mode
+    _usual_modes(tmp)
     if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
         return

@@ -140,10 +140,10 @@ def test_an_empty_existing_directory_is_fine(world, tmp_path, capsys):
     assert run(capsys, "prepare", world / "corpus", "--out", tmp_path / "empty")[0] == 0
 
 
-def test_model_files_share_one_mode(world):
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (world / "model").iterdir() if p.is_file()}
-    assert len(set(modes.values())) == 1, modes
-    assert modes["model.safetensors"] == 0o666 & ~_umask()
+@pytest.mark.parametrize("kind", ["model", "adapter", "data"])
+def test_output_files_share_one_mode(world, kind):
+    modes = {str(p): p.stat().st_mode & 0o777 for p in (world / kind).rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes
 
 
 def _umask():
