@@ -79,7 +79,8 @@ def test_convert_round_trip(hf_dir, tmp_path):
 def test_convert_errors_are_one_clean_line(hf_dir, tmp_path):
     src, _ = hf_dir
     (tmp_path / "exists").mkdir()
-    assert_clean_error(cli("convert", src, tmp_path / "exists", check=False), "pass --force")
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
+    assert_clean_error(cli("convert", src, tmp_path / "exists", check=False), "pass --overwrite")
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
