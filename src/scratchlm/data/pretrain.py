@@ -111,7 +111,8 @@ def prepare(
         batch: list[tuple[str, str, bool]] = []  # (split, text, doc_end)
         # parallel: a batch is encoded on a worker thread (the tokenizers library releases
         # the GIL and uses every core) while this thread reads the next one and writes the last.
-        pool = ThreadPoolExecutor(1) if parallel else None
+        # The char lookup is mostly GIL-holding numpy work on one core: a thread only slows it.
+        pool = ThreadPoolExecutor(1) if parallel and tok.kind != "char" else None
         pending: list[tuple[Future, list]] = []
 
         def write(done: list[tuple[str, str, bool]], ids: list[np.ndarray]) -> None:
