@@ -42,6 +42,9 @@ case("usage", "train --data {w}/data --out {t}/r --resume --overwrite", r"contra
 case("usage", TRAIN + " stray", r"unexpected argument 'stray'")
 case("usage", TRAIN + " --model.n_layer", r"--model.n_layer needs a value")
 case("usage", TRAIN + " --modle.n_layer 2", r"did you mean --model\.n_layer")
+case("usage", "download a/b/c", r"not a repository id")
+case("usage", "download foo/bar --out {b}/users_dir", r"already exists and is not empty; pass --overwrite")
+case("usage", "download foo/bar --out {b}/afile.txt", r"is a file; the model directory must be a directory")
 
 # ----------------------------------------------------------------------------- config keys
 BAD_TRAIN = {
