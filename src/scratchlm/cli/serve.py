@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                           max_body_bytes=args.max_body_kb * 1024,
                           max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
                           max_n=args.max_n, chat_template=template, host=host, port=port,
-                          allowed_hosts=tuple(args.allowed_host),
+                          allowed_hosts=(*args.allowed_host, args.host),  # a name or address
                           cors_origins=tuple(args.cors_origin))
     app = create_app(model, tokenizer, config, engine=engine)
     shown = f"[{host}]" if ":" in host else host
