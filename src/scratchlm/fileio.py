@@ -252,7 +252,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         old = path.parent / f".{path.name}.old-{os.getpid()}"
         os.replace(path, old)
     os.replace(tmp, path)
-    if old is not None:
+    if old is not None and old.is_symlink():  # a link stood at `path`: its target stays
+        old.unlink()
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -108,6 +108,16 @@ def test_the_swap_keeps_a_complete_directory_at_every_moment(tmp_path):
     assert (out / "v").read_text() == "2" and all(seen) and leftovers(tmp_path) == []
 
 
+def test_a_link_at_the_path_is_replaced_and_its_target_kept(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "keep.txt").write_text("kept")
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    with atomic_dir(tmp_path / "out") as t:
+        (t / "new.txt").write_text("new")
+    assert not (tmp_path / "out").is_symlink() and (tmp_path / "out" / "new.txt").is_file()
+    assert (tmp_path / "target" / "keep.txt").read_text() == "kept" and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("verb", ["prepare", "tokenizer", "convert-gguf", "convert", "merge-lora"])
 def test_the_next_command_cleans_a_killed_writers_leftovers(world, tmp_path, capsys, verb):
     target = tmp_path / ("m.gguf" if verb == "convert-gguf" else "out")
