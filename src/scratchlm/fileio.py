@@ -314,10 +314,14 @@ def claim_out_dir(
                          f"or choose another --out")
 
 
-def disk_full_message(e: OSError) -> str | None:
-    """The one line for a full disk or quota (ENOSPC, EDQUOT), else None."""
+def disk_full_message(e: OSError, out: str | os.PathLike | None = None) -> str | None:
+    """The one line for a full disk or quota (ENOSPC, EDQUOT), else None. It names the file
+    being written as the user knows it (not its temp name), else the command's `out`."""
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
-    where = f" writing {e.filename}" if e.filename else ""
+    name = re.sub(r"(^|/)\.([^/]+)\.\d+\.[A-Za-z0-9_]+\.tmp(?=/|$)", r"\1\2", str(e.filename or ""))
+    if out is not None and not (name and Path(out).resolve().parent in Path(name).resolve().parents):
+        name = str(out)  # a write() names no file, or copying names the source
+    where = f" writing {name}" if name else ""
     return (f"no space left on the device{where} ({os.strerror(e.errno)}); nothing was "
             "replaced: free some space (or pick another --out) and run the command again")

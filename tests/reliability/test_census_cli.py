@@ -100,6 +100,7 @@ def test_disk_full(world, small_disk, tmp_path, capsys, verb):
     before = snapshot(world)
     rc, _, err = run(capsys, *args)
     assert rc == 1 and "no space left on the device" in err and "Traceback" not in err, err
+    assert re.search(rf"writing {re.escape(str(out))}( |/)", err), err  # --out or a file in it, no temp name
     assert len(err.strip().splitlines()) == 1
     assert list(small_disk.iterdir()) == [], "partial output"
     assert snapshot(world) == before

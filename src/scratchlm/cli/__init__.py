@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's, not the code's: a full disk, a read-only directory
-        line = os_error_line(e)
+        line = os_error_line(e, getattr(args, "out", None))
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
@@ -132,8 +132,8 @@ _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errn
                 errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ELOOP, errno.EMFILE}
 
 
-def os_error_line(e: OSError) -> str | None:
-    full = disk_full_message(e)
+def os_error_line(e: OSError, out: str | None = None) -> str | None:
+    full = disk_full_message(e, out)
     if full is not None:
         return full
     if e.errno in _USER_ERRNOS:
