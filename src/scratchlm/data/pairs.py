@@ -39,7 +39,14 @@ from scratchlm.data import readers
 from scratchlm.data.libreoffice import split_pairs
 from scratchlm.data.seq2seq import clean, collate
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, atomic_file, inside_dir, read_json, write_json
+from scratchlm.fileio import (
+    atomic_dir,
+    atomic_file,
+    damaged_if_wrong,
+    inside_dir,
+    read_json,
+    write_json,
+)
 from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
 Pair = tuple[str, str]
@@ -181,11 +188,11 @@ def read_pair_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike, *,
 
 
 def is_pairs_dataset(path: str | os.PathLike) -> bool:
-    """A raw pairs dataset directory: it holds a train file (train.tsv, train.jsonl, ...: see
-    SPLIT_EXTS) or is a Hugging Face DatasetDict with a train split."""
+    """A raw pairs dataset directory, told apart from a text corpus by itself (`prepare`'s
+    --format auto): it holds train.tsv or train.jsonl. Directories of other split files or a
+    DatasetDict are read as pairs with --format pairs (see `load_splits`)."""
     p = Path(path)
-    return p.is_dir() and (any((p / f"train{ext}").is_file() for ext in SPLIT_EXTS)
-                           or "train" in readers.hf_splits(p))
+    return p.is_dir() and any((p / f"train{ext}").is_file() for ext in (".tsv", ".jsonl"))
 
 
 def is_pairs_dir(path: str | os.PathLike) -> bool:
@@ -227,7 +234,7 @@ def load_splits(data: PairSource, *, valid_fraction: float = 0.1, on_empty: str 
                     splits[split] = read_pairs(d / found[0], **read)
     elif Path(data).is_dir():
         d = Path(data)
-        if not is_pairs_dataset(d):
+        if not any((d / f"train{ext}").is_file() for ext in SPLIT_EXTS):
             raise ScratchLMError(f"{d} holds no train.tsv or train.jsonl; a pairs dataset directory "
                                  f"has train, valid and optionally test as .tsv, .jsonl, .parquet "
                                  f"or .csv")
@@ -425,16 +432,19 @@ class PairData:
             raise ScratchLMError(f"{d} holds pretraining token files, not parallel pairs; prepare "
                                  f"pairs with `scratchlm prepare PAIRS.tsv --format pairs --out DIR`")
         self.bucket_batches = bucket_batches
-        self.dtype = np.dtype(self.meta["dtype"])
-        self._tok = Tokenizer.load(inside_dir(d, self.meta.get("tokenizer"), source=str(meta_path)))
-        self._ids: dict[str, dict[str, tuple[np.memmap, np.ndarray]]] = {}
-        for split, c in self.meta["splits"].items():
-            self._ids[split] = {side: self._load(split, side, c[f"{side}_tokens"], c["pairs"])
-                                for side in ("src", "tgt")}
+        with damaged_if_wrong(meta_path):
+            self.dtype = np.dtype(self.meta["dtype"])
+            self._tok = Tokenizer.load(inside_dir(d, self.meta.get("tokenizer"), source=str(meta_path)))
+            self._ids: dict[str, dict[str, tuple[np.memmap, np.ndarray]]] = {}
+            for split, c in self.meta["splits"].items():
+                self._ids[split] = {side: self._load(split, side, c[f"{side}_tokens"], c["pairs"])
+                                    for side in ("src", "tgt")}
         self._buckets: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _load(self, split: str, side: str, n_tokens: int, n_pairs: int) -> tuple[np.memmap, np.ndarray]:
-        bin_path, idx_path = self.dir / f"{split}.{side}.bin", self.dir / f"{split}.{side}.idx.npy"
+        source = str(self.dir / "meta.json")  # split names come from it
+        bin_path = inside_dir(self.dir, f"{split}.{side}.bin", source=source)
+        idx_path = inside_dir(self.dir, f"{split}.{side}.idx.npy", source=source)
         for p in (bin_path, idx_path):
             if not p.is_file():
                 raise ScratchLMError(f"{p} is missing; run `scratchlm prepare` again")
