@@ -165,6 +165,18 @@ def inside_dir(directory: str | os.PathLike, name: Any, *, source: str) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def damaged_if_wrong(path: str | os.PathLike, fix: str = "run `scratchlm prepare` again") -> Iterator[None]:
+    """Inside: reading the fields of `path` (a meta.json); a missing or mistyped field is one
+    line naming the file instead of a KeyError/TypeError traceback."""
+    try:
+        yield
+    except ScratchLMError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ScratchLMError(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+
+
 def mark_dir(path: str | os.PathLike) -> None:
     """Write the marker saying scratchlm made this directory (so --overwrite may replace it)."""
     (Path(path) / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")

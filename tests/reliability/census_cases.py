@@ -117,6 +117,12 @@ case("data dir", "train --data {b}/data_short --out {t}/r " + TINY, r"train\.bin
 case("data dir", "train --data {b}/data_tok_out --out {t}/r " + TINY, r"meta\.json names '\.\./\.\./etc', which lies outside")
 case("data dir", "train --data {b}/data_tok_abs --out {t}/r " + TINY, r"meta\.json names '/etc', which lies outside")
 case("data dir", "train --data {b}/data_badjson --out {t}/r " + TINY, r"meta\.json")
+case("data dir", "train --data {b}/data_nodtype --out {t}/r " + TINY, r"meta\.json is damaged \(KeyError: 'dtype'\)")
+case("data dir", "train --data {b}/data_splits_list --out {t}/r " + TINY, r"meta\.json is damaged \(TypeError")
+case("data dir", "train --data {b}/pairs_escape --out {t}/r --model.family seq2seq_transformer "
+     "--model.preset tiny --train.max_steps 1", r"meta\.json names '\.\./\.\./x\.src\.bin', which lies outside")
+case("data dir", "train --data {b}/pairs_nodtype --out {t}/r --model.family seq2seq_transformer "
+     "--model.preset tiny --train.max_steps 1", r"meta\.json is damaged \(KeyError: 'dtype'\)")
 case("data dir", "train --data {w}/data --out {t}/r --model.preset tiny --model.block_size 100000", r"block_size")
 case("data dir", "evaluate {w}/model --data {b}/emptydir", r"meta\.json|not .*data|no .*data")
 
@@ -261,6 +267,19 @@ def make_bad(b: Path, w: Path) -> None:
     _edit_json(b / "data_tok_out" / "meta.json", tokenizer="../../etc")
     _edit_json(b / "data_tok_abs" / "meta.json", tokenizer="/etc")
     (b / "data_badjson" / "meta.json").write_text("{")
+    for name in ("data_nodtype", "data_splits_list"):
+        shutil.copytree(w / "data", b / name)
+    meta = json.loads((w / "data" / "meta.json").read_text())
+    (b / "data_nodtype" / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "dtype"}))
+    _edit_json(b / "data_splits_list" / "meta.json", splits=[1, 2])
+    (b / "pairs.tsv").write_text("".join(f"hello {i}\tbonjour {i}\n" for i in range(40)))
+    from scratchlm.cli import main
+
+    for name in ("pairs_escape", "pairs_nodtype"):
+        assert main(["prepare", str(b / "pairs.tsv"), "--format", "pairs", "--out", str(b / name)]) == 0
+    meta = json.loads((b / "pairs_escape" / "meta.json").read_text())
+    _edit_json(b / "pairs_escape" / "meta.json", splits={"../../x": meta["splits"]["train"]})
+    (b / "pairs_nodtype" / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "dtype"}))
     # model directories
     def model(name: str) -> Path:
         shutil.copytree(w / "model", b / name)

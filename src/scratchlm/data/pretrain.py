@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from scratchlm.data.readers import BadRows, Source, iter_pieces, list_sources
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, inside_dir, read_json, write_json
+from scratchlm.fileio import atomic_dir, damaged_if_wrong, inside_dir, read_json, write_json
 from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
 CHUNK_CHARS = 1 << 20  # tokenizer training reads text about 1M characters at a time
@@ -240,16 +240,17 @@ class TokenData:
         if self.meta.get("kind") in ("pairs", "pairs-dataset"):
             raise ScratchLMError(f"{d} is a parallel-pairs data directory; train a seq2seq family on it "
                                  f"(model.family=seq2seq_rnn or seq2seq_transformer)")
-        self.dtype = np.dtype(self.meta["dtype"])
-        self.splits: dict[str, np.memmap] = {}
-        for s in ("train", "val"):
-            p = d / f"{s}.bin"
-            if not p.is_file():
-                raise ScratchLMError(f"{p} is missing; run `scratchlm prepare` again")
-            n = p.stat().st_size // self.dtype.itemsize
-            if n != self.meta["splits"][s]["tokens"]:
-                raise ScratchLMError(f"{p} holds {n} tokens but meta.json says {self.meta['splits'][s]['tokens']}; prepare again")
-            self.splits[s] = np.memmap(p, dtype=self.dtype, mode="r", shape=(n,))
+        with damaged_if_wrong(meta_path):
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.splits: dict[str, np.memmap] = {}
+            for s in ("train", "val"):
+                p = d / f"{s}.bin"
+                if not p.is_file():
+                    raise ScratchLMError(f"{p} is missing; run `scratchlm prepare` again")
+                n = p.stat().st_size // self.dtype.itemsize
+                if n != self.meta["splits"][s]["tokens"]:
+                    raise ScratchLMError(f"{p} holds {n} tokens but meta.json says {self.meta['splits'][s]['tokens']}; prepare again")
+                self.splits[s] = np.memmap(p, dtype=self.dtype, mode="r", shape=(n,))
 
     @property
     def vocab_size(self) -> int:
