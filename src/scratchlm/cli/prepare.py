@@ -1,5 +1,8 @@
 """Tokenize text into train/val token files, or translation pairs into a pairs data directory.
-Text: `scratchlm prepare INPUT... --out DATA_DIR [--tokenizer char|bpe|TOKENIZER_DIR]`.
+Text: `scratchlm prepare INPUT... --out DATA_DIR [--tokenizer char|bpe|DIR|tokenizer.json|FILE.gguf]`;
+INPUT is text, .jsonl/.json/.parquet/.csv/.tsv/.arrow (the document in `--text-field`), a
+datasets directory, compressed or not, a directory or a glob (docs/data.md); `--on-bad skip`
+skips malformed rows instead of stopping at the first.
 Pairs: a dataset directory holding train.tsv, valid.tsv and test.tsv (found by itself), a .tsv
 or .jsonl file with `--format pairs`, or `--src-file A --tgt-file B`; add `--max-len N`
 and `--on-long truncate|skip|refuse` to bound sentence length.
