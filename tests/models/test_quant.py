@@ -54,10 +54,11 @@ def _greedy(model, ids, n=32):
 
 
 @needs_int8
-def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained):
+@pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
+def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained, quantize):
     path, data = trained
     fp, tok = scratchlm.load(path)
-    q, _ = scratchlm.load(path, quantize="int8")  # the Python API
+    q, _ = scratchlm.load(path, quantize=quantize)  # the Python API
     assert not any(type(m) is nn.Linear for m in q.modules())
     assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 4 + 1  # + the tied head
     ppl_fp = evaluate_lm(fp, tok, data)["perplexity"]
@@ -74,11 +75,12 @@ def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained):
 
 
 @needs_int8
+@pytest.mark.parametrize("kernel", ["weight_only", "dynamic"])
 @pytest.mark.parametrize("family", ["gpt", "llama", "seq2seq_transformer"])
-def test_every_linear_is_swapped_and_logits_stay_close(family):
+def test_every_linear_is_swapped_and_logits_stay_close(family, kernel):
     model = tiny_model(family, vocab_size=61).eval()
     q = copy.deepcopy(model)
-    names = quantize_int8(q)
+    names = quantize_int8(q, kernel=kernel)
     assert names == [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] and names
     ids = torch.randint(3, 61, (2, 9))
     with torch.inference_mode():
@@ -126,6 +128,9 @@ def test_auto_follows_the_measured_capabilities(monkeypatch):
     slow = choose_precision(dtype="bfloat16")  # the last one: bf16 not measured fast
     assert slow.dtype == torch.bfloat16 and "slow" in slow.warning and "\n" not in slow.warning
     assert choose_precision(dtype="auto", quantize="int8").dtype == torch.float32
+    monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=3.0))
+    assert "bf16 activations (weight-only)" in choose_precision(quantize="int8").describe()
+    assert "int8 activations" in choose_precision(quantize="int8-dynamic").describe()
 
 
 def test_bad_input_is_one_clear_line(monkeypatch):
@@ -133,7 +138,7 @@ def test_bad_input_is_one_clear_line(monkeypatch):
         choose_precision(dtype="fp8")
     with pytest.raises(ScratchLMError, match="--quantize must be"):
         choose_precision(quantize="int3")
-    with pytest.raises(ScratchLMError, match="fp32 around"):
+    with pytest.raises(ScratchLMError, match="fp32 between"):
         choose_precision(dtype="bfloat16", quantize="int8")
     with pytest.raises(ScratchLMError, match="CPU only"):
         choose_precision(quantize="int8", device="cuda")
@@ -142,7 +147,10 @@ def test_bad_input_is_one_clear_line(monkeypatch):
     caps = capabilities()
     monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, int8_engine=None))
     with pytest.raises(ScratchLMError, match="needs fbgemm"):
-        quantize_int8(tiny_model("gpt", vocab_size=61))
+        quantize_int8(tiny_model("gpt", vocab_size=61), kernel="dynamic")
+    monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=None))
+    p = choose_precision(quantize="int8")  # no fast bf16: activations are quantized too
+    assert "int8 activations" in p.describe() and "drift" in p.warning
 
 
 # ----------------------------------------------------------------------------- the CLI

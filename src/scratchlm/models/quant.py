@@ -1,24 +1,27 @@
 """Inference precision: int8 weights by swapping `nn.Linear` modules, bf16, and `auto`.
 
-int8 (`quantize="int8"`) replaces every `nn.Linear` of a model with `Int8Linear`, as LoRA
-swaps its layers (peft/lora.py): the model class is unchanged, only its linear layers are.
-An `Int8Linear` keeps its weight as int8, one scale per output row (symmetric, per-channel),
-packed once for fbgemm; each call quantizes the activations per tensor on the fly (dynamic
-quantization, Jacob et al. 2018), multiplies in int8 with int32 accumulation (VNNI where the
-CPU has it) and returns fp32. Embeddings, norms and attention stay fp32. A tied output layer
-gets its own int8 copy; the embedding it shares stays fp32.
+int8 replaces every `nn.Linear` of a model with `Int8Linear`, as LoRA swaps its layers
+(peft/lora.py): the model class is unchanged, only its linear layers are. An `Int8Linear`
+keeps its weight as int8, one scale per output row (symmetric, per-channel). Embeddings,
+norms and attention stay fp32; a tied output layer gets its own int8 copy.
 
-Why this kernel: measured on a Zen 4 (AVX-512 BF16 + VNNI, no AMX), GPT-2 124M's linear
-shapes, 1 thread: fbgemm's dynamic int8 Linear ran 3.7-8x faster than fp32 at batch 1 and
-6-9x at batch 8 (the 768 x 50257 output layer: 1.3 ms vs 10.3 ms), bf16 weights 1.0-2x, and
-`torch._weight_int8pack_mm` 0.1x with fp32 activations (2x with bf16 ones). See
-docs/benchmarks.md, "Precision".
+- `quantize="int8"`: weight-only where bf16 is fast (int8 weight x bf16 activations,
+  `torch._weight_int8pack_mm`), so the quality is bf16's; elsewhere as int8-dynamic.
+- `quantize="int8-dynamic"`: fbgemm's dynamic W8A8 (Jacob et al. 2018): activations are
+  quantized per tensor at each call. Fastest per layer, but LLMs' outlier activation
+  channels make greedy outputs drift (see `Int8Linear`).
+
+Measured on a Zen 4 (AVX-512 BF16 + VNNI, no AMX), GPT-2 124M's linear shapes, 1 thread,
+summed over one layer plus 1/12 of the output layer: fp32 1.43 ms at batch 1 / 4.53 ms at
+batch 8, weight-only int8 0.50 / 1.50 ms, fbgemm dynamic 0.29 / 0.60 ms, bf16 weights
+1.04 / 1.32 ms; `_weight_int8pack_mm` with fp32 activations 8.3 / 83 ms (never used).
+Whole-model decoding on a loaded 2-core machine is in docs/benchmarks.md, "Precision".
 
     precision = choose_precision(dtype="auto", quantize="int8", device="cpu")
     model = apply_precision(model, precision)   # in place; also returned
     print(precision.describe())
 
-A quantized model is for inference: it cannot be trained or saved (its weights are packed).
+A quantized model is for inference: it cannot be trained or saved.
 """
 
 from __future__ import annotations
@@ -33,59 +36,87 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.hardware import capabilities
 
 DTYPES = ("auto", "float32", "bfloat16")
-QUANTIZE = ("none", "int8")
+QUANTIZE = ("none", "int8", "int8-dynamic")
 # Families whose time goes into nn.Linear layers; the RNN families' time is in their
 # recurrent cells (nn.LSTM/nn.GRU), which this does not touch.
 INT8_FAMILIES = ("gpt", "llama", "seq2seq_transformer")
 
 
 class Int8Linear(nn.Module):
-    """An `nn.Linear` with int8 weights (per output channel) and fp32 in/out, via fbgemm.
+    """An `nn.Linear` with int8 weights, one scale per output channel (symmetric).
 
-    Activations are quantized with 7 bits (`reduce_range`) on CPUs without VNNI: AVX2's
-    8-bit multiply-add saturates its 16-bit pair sums with full-range operands."""
+    Two kernels. `weight_only` (what `--quantize int8` uses where bf16 is fast): the int8
+    weight times bf16 activations (`torch._weight_int8pack_mm`), bf16 out; activations are
+    never quantized, so the quality is bf16's. Otherwise `dynamic` (fbgemm, W8A8): each call
+    quantizes its activations per tensor and multiplies in int8 with int32 accumulation
+    (VNNI where the CPU has it): faster, but LLMs' outlier activation channels (SmolLM2's
+    down_proj inputs peak at 720x their mean) lose the small channels, so greedy tokens drift
+    (measured: top-1 agreement with fp32 0.51 over four chat prompts, bf16 0.96). Activations
+    are quantized with 7 bits (`reduce_range`) on CPUs without VNNI: AVX2's 8-bit multiply-add
+    saturates its 16-bit pair sums with full-range operands."""
 
-    def __init__(self, base: nn.Linear, *, reduce_range: bool) -> None:
+    def __init__(self, base: nn.Linear, *, kernel: str = "weight_only", reduce_range: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.reduce_range = reduce_range
+        self.kernel, self.reduce_range = kernel, reduce_range
         w = base.weight.detach().float().cpu()  # (out, in)
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (out,)
-        zero = torch.zeros(self.out_features, dtype=torch.long)
         bias = None if base.bias is None else base.bias.detach().float().cpu()
+        if kernel == "weight_only":
+            self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scale.to(torch.bfloat16))
+            self.register_buffer("bias", bias)
+            return
+        zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated
             warnings.simplefilter("ignore")
             qw = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(qw, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(
-            x.float().reshape(-1, self.in_features), self._packed, self.reduce_range)  # (N, out)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        rows = x.reshape(-1, self.in_features)  # (N, in)
+        if self.kernel == "weight_only":
+            y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.qweight, self.scales)  # (N, out)
+            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype) + self.bias.to(x.dtype)
+        else:
+            y = torch.ops.quantized.linear_dynamic(rows.float(), self._packed, self.reduce_range)
+            y = y.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def state_dict(self, *args, **kwargs):
         raise ScratchLMError("an int8-quantized model is for inference and cannot be saved; "
                              "save the fp32 model (load it without quantize)")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {self.kernel}"
 
 
-def quantize_int8(model: nn.Module) -> list[str]:
+def int8_kernel(quantize: str = "int8") -> str:
+    """The Int8Linear kernel for --quantize here: `int8` is weight-only where bf16 is fast
+    (quality of bf16), else fbgemm's dynamic W8A8; `int8-dynamic` is always the latter."""
+    if quantize == "int8" and capabilities().fast_bf16:
+        return "weight_only"
+    return "dynamic"
+
+
+def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
     """Swap every `nn.Linear` of `model` (LoRA layers merged first) for an `Int8Linear`, in
-    place; returns the swapped names. Raises where int8 cannot run."""
+    place; returns the swapped names. `kernel`: weight_only or dynamic (default: `int8_kernel()`).
+    Raises where int8 cannot run."""
     family = getattr(getattr(model, "config", None), "family", type(model).__name__)
     if family not in INT8_FAMILIES:
         raise ScratchLMError(f"--quantize int8 covers the {', '.join(INT8_FAMILIES)} families, "
                              f"not {family}; use --quantize none")
+    kernel = kernel or int8_kernel()
     caps = capabilities()
-    if not caps.fast_int8:
-        raise ScratchLMError(f"--quantize int8 needs fbgemm (an x86 CPU with AVX2); this one has "
-                             f"torch ISA {caps.isa} and quantized engines "
+    if kernel == "dynamic" and not caps.fast_int8:
+        raise ScratchLMError(f"--quantize int8 needs fbgemm (an x86 CPU with AVX2) or fast bf16; "
+                             f"this one has torch ISA {caps.isa} and quantized engines "
                              f"{torch.backends.quantized.supported_engines}; use --quantize none")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ScratchLMError("--quantize int8 runs on CPU only; use --device cpu or --quantize none")
-    torch.backends.quantized.engine = caps.int8_engine
+    if kernel == "dynamic":
+        torch.backends.quantized.engine = caps.int8_engine
     swapped = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
@@ -94,7 +125,7 @@ def quantize_int8(model: nn.Module) -> list[str]:
             module.merge()
         parent, _, leaf = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        setattr(owner, leaf, Int8Linear(module, reduce_range=not caps.vnni))
+        setattr(owner, leaf, Int8Linear(module, kernel=kernel, reduce_range=not caps.vnni))
         swapped.append(name)
     return swapped
 
@@ -109,7 +140,9 @@ class Precision:
     warning: str | None = None  # a one-line warning for stderr (e.g. slow bf16)
 
     def describe(self) -> str:
-        what = ("int8 weights (fbgemm), fp32 activations" if self.quantize == "int8"
+        kernel = {"weight_only": "int8 weights x bf16 activations (weight-only)",
+                  "dynamic": "int8 weights x int8 activations (fbgemm dynamic)"}
+        what = (kernel[int8_kernel(self.quantize)] if self.quantize != "none"
                 else f"{str(self.dtype).removeprefix('torch.')} weights and activations")
         return f"precision: {what}" + (f" ({self.reason})" if self.reason else "")
 
@@ -124,13 +157,17 @@ def choose_precision(*, dtype: str = "auto", quantize: str = "none",
     if quantize not in QUANTIZE:
         raise ScratchLMError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     dev = torch.device(device)
-    if quantize == "int8":
+    if quantize != "none":
         if dev.type != "cpu":
-            raise ScratchLMError("--quantize int8 runs on CPU only; use --device cpu or --quantize none")
+            raise ScratchLMError(f"--quantize {quantize} runs on CPU only; use --device cpu or --quantize none")
         if dtype == "bfloat16":
-            raise ScratchLMError("--quantize int8 computes in fp32 around its int8 matmuls; "
+            raise ScratchLMError(f"--quantize {quantize} keeps fp32 between its int8 matmuls; "
                                  "pass --dtype auto or float32 with it")
-        return Precision(torch.float32, "int8", "int8 matmuls with fp32 activations")
+        warning = None
+        if quantize == "int8" and int8_kernel(quantize) == "dynamic":
+            warning = ("warning: no fast bf16 here, so --quantize int8 quantizes activations too "
+                       "(fbgemm); greedy outputs of LLMs may drift from fp32's")
+        return Precision(torch.float32, quantize, "the rest of the model in fp32", warning)
     if dev.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if dtype == "auto":
@@ -150,9 +187,9 @@ def choose_precision(*, dtype: str = "auto", quantize: str = "none",
 def apply_precision(model: nn.Module, precision: Precision) -> nn.Module:
     """Cast or quantize `model` in place for inference; returns it (eval mode)."""
     model.eval()
-    if precision.quantize == "int8":
+    if precision.quantize != "none":
         model.float()
-        quantize_int8(model)
+        quantize_int8(model, kernel=int8_kernel(precision.quantize))
     else:
         model.to(dtype=precision.dtype)
     return model
