@@ -27,7 +27,8 @@ class DecodeState(Protocol):
         check_room(t)       raise ScratchLMError if t more positions do not fit
         advance(t)          t positions were fed (the model calls it at the end of forward)
         reorder(index)      row i becomes row index[i] (beam search; rows leaving a batch)
-        append_rows(other)  other's rows after ours (same kind and length: rows joining)
+        append_rows(other)  other's rows after ours (same kind, and same length where rows have
+                            positions: rows joining a batch)
         grow(max_len)       room for max_len positions (a no-op where nothing is preallocated)
 
     Left padding (`set_left_padding(pad, skip=...)`) is there only for the states of models
@@ -261,7 +262,11 @@ class RNNState:
         return self
 
     def append_rows(self, other: RNNState) -> RNNState:
-        _same_kind(self, other)
+        """Other's rows after ours. An RNN has no positions, so rows fed different numbers of
+        tokens may share a batch (`length` becomes the larger)."""
+        if type(self) is not type(other):
+            raise TypeError(f"cannot append rows of {type(other).__name__} to {type(self).__name__}")
+        self.length = max(self.length, other.length)
         self.h = torch.cat([self.h, other.h], 1)  # (n_layer, B_a + B_b, H)
         if self.c is not None:
             self.c = torch.cat([self.c, other.c], 1)

@@ -1,7 +1,10 @@
 """Step-level batching with lockstep positions: many generation requests decoded together on
 one engine thread (rows join and leave between steps, where the cache allows it), over
 the one decoder protocol (`init_cache`, `model(tokens, cache=...)`, `cache.reorder(index)`),
-with the one sampler (`decode.next_token`) and the one text streamer (`decode.TextStream`).
+with the decode loop's own parts: each row is a `decode.Row` (its tokens, its streamed text
+and the one rule that ends it) and each job's rows are sampled by `decode.pick`, as
+`generate` does; the engine only schedules rows (admit, join, step, cancel, stream) and moves
+decoding state through the `DecodeState` contract (models/cache.py).
 
     engine = Engine(model, tokenizer, max_rows=32)
     engine.start()
@@ -44,8 +47,8 @@ from dataclasses import dataclass, field
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.generate.decode import GenerationConfig, TextStream, init_cache, next_token
-from scratchlm.models.cache import KVCache, RNNState
+from scratchlm.generate.decode import GenerationConfig, Row, init_cache, pick
+from scratchlm.models.cache import RNNState
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -92,20 +95,24 @@ class Job:
 
 
 class _Row:
-    """One choice of a job: the tokens to feed (prompt, then what was sampled) and how many of
-    them are in the cache."""
+    """One choice of a job in a batch: its `decode.Row` and how many of its tokens (prompt,
+    then what was sampled) are in the cache."""
 
-    def __init__(self, job: Job, index: int, seq: list[int], fed: int, tokenizer: Tokenizer,
-                 seen: torch.Tensor | None) -> None:
-        self.job, self.index = job, index
-        self.seq = list(seq)
-        self.prompt_len = len(seq)
-        self.fed = fed
-        self.generated = 0
-        self.stream = TextStream(tokenizer, job.config.stop)
-        self.seen = seen  # (V,) bool, for the repetition penalty
-        self.done = False
+    def __init__(self, job: Job, index: int, seq: list[int], fed: int, *, tokenizer: Tokenizer,
+                 vocab_size: int, device: torch.device) -> None:
+        self.job, self.index, self.fed = job, index, fed
+        self.row = Row(seq, config=job.config, eos_id=tokenizer.eos_id, vocab_size=vocab_size,
+                       device=device, tokenizer=tokenizer,
+                       on_text=lambda text: job.emit(Event("text", index, text)))
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+
+    @property
+    def seq(self) -> list[int]:
+        return self.row.seq
+
+    @property
+    def done(self) -> bool:
+        return self.row.done
 
 
 class _Batch:
@@ -115,28 +122,6 @@ class _Batch:
     def __init__(self, cache, rows: list[_Row], length: int, max_len: int, joinable: bool) -> None:
         self.cache, self.rows, self.length = cache, rows, length
         self.max_len, self.joinable = max_len, joinable
-
-
-def _concat(a, b):
-    """Append the rows of cache `b` to cache `a` (same kind, same length, left padding
-    kept). With `reorder` (rows leave), all the batching needs from a cache."""
-    if isinstance(a, KVCache) and isinstance(b, KVCache):
-        if a.length != b.length or a.max_len != b.max_len:
-            raise ValueError("KV caches of different lengths cannot share a batch")
-        if a.pad is not None or b.pad is not None:  # left padding per row (none: 0)
-            a.pad = torch.cat([p if p is not None else torch.zeros(c.batch_size, dtype=torch.long,
-                                                                   device=c.k.device)
-                               for p, c in ((a.pad, a), (b.pad, b))])
-        a.k = torch.cat([a.k, b.k], 1)  # (n_layer, B_a + B_b, n_kv, max_len, hd)
-        a.v = torch.cat([a.v, b.v], 1)
-        return a
-    if type(a) is RNNState and type(b) is RNNState:
-        a.h = torch.cat([a.h, b.h], 1)  # (n_layer, B_a + B_b, H)
-        if a.c is not None:
-            a.c = torch.cat([a.c, b.c], 1)
-        a.length = max(a.length, b.length)
-        return a
-    raise TypeError(f"cannot append rows of {type(b).__name__} to {type(a).__name__}")
 
 
 class Engine:
@@ -362,20 +347,15 @@ class Engine:
         return groups
 
     def _rows(self, job: Job, seq: list[int], fed: int) -> list[_Row]:
-        seen = None
-        if job.config.repetition_penalty != 1.0:
-            seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
-            seen[torch.tensor(seq, device=self.device)] = True
-        return [_Row(job, i, seq, fed, self.tokenizer, None if seen is None else seen.clone())
-                for i in range(job.n)]
+        return [_Row(job, i, seq, fed, tokenizer=self.tokenizer, device=self.device,
+                     vocab_size=self.model.config.vocab_size) for i in range(job.n)]
 
     def _prefill(self, prompts: list[list[int]], repeats: list[int], max_len: int, *, pad: int = 0):
         """A cache holding `prompts` (equal lengths, possibly 0), each repeated for its rows;
         with `pad`, after that many padding positions, masked and never computed."""
         cache = init_cache(self.model, batch_size=len(prompts), max_len=max_len)
-        if pad:
-            cache.set_left_padding(torch.full((len(prompts),), pad, device=self.device))
-            cache.length = pad  # start after the padding: nothing there is read
+        if pad:  # start after the padding: masked, never computed, never read
+            cache.set_left_padding(torch.full((len(prompts),), pad, device=self.device), skip=True)
         if prompts[0]:
             ids = torch.tensor(prompts, dtype=torch.long, device=self.device)  # (J, L)
             _, cache = self.model(ids, cache=cache, logits_to_keep=1)
@@ -394,15 +374,6 @@ class Engine:
         need = max(len(j.prompt) + j.config.max_new_tokens for j in jobs)
         return min(context, -(-need // 64) * 64)
 
-    def _grow(self, batch: _Batch, max_len: int) -> None:
-        """Give a Transformer batch's cache room for max_len positions (a joiner needs more)."""
-        cache = batch.cache
-        extra = max_len - cache.max_len
-        shape = (*cache.k.shape[:3], extra, cache.k.shape[4])
-        cache.k = torch.cat([cache.k, cache.k.new_zeros(shape)], 3)  # (L, B, n_kv, max_len, hd)
-        cache.v = torch.cat([cache.v, cache.v.new_zeros(shape)], 3)
-        batch.max_len = max_len
-
     def _join(self, batch: _Batch, job: Job) -> None:
         p = len(job.prompt) - 1
         if self.position_free:
@@ -410,15 +381,16 @@ class Engine:
             fed = p
         else:
             room = max(self._room([job]), batch.length + 1 + job.config.max_new_tokens)
-            if room > batch.max_len:
-                self._grow(batch, min(room, self.model.max_context))
+            if room > batch.max_len:  # a joiner needs more positions than the batch has
+                batch.max_len = min(room, self.model.max_context)
+                batch.cache.grow(batch.max_len)
             if batch.length > p:  # shorter: left-padded to the batch's length
                 cache = self._prefill([job.prompt[:p]], [job.n], batch.max_len, pad=batch.length - p)
                 fed = p
             else:  # longer: prefilled to the batch's length, then catches up
                 cache = self._prefill([job.prompt[: batch.length]], [job.n], batch.max_len)
                 fed = batch.length
-        batch.cache = _concat(batch.cache, cache)
+        batch.cache = batch.cache.append_rows(cache)
         batch.rows += self._rows(job, job.prompt, fed)
 
     def _start(self, jobs: list[Job]) -> None:
@@ -459,10 +431,9 @@ class Engine:
             r.fed += 1
             if r.fed == len(r.seq):  # its prompt is in: these logits are for a new token
                 ready.setdefault(r.job, []).append(i)
-        for job, idx in ready.items():
-            seen = torch.stack([rows[i].seen for i in idx]) if rows[idx[0]].seen is not None else None
-            picked = next_token(logits[torch.tensor(idx, device=self.device)], config=job.config,
-                                generator=job.generator, seen=seen)  # (len(idx),)
+        for job, idx in ready.items():  # each job samples its rows with its own settings
+            picked = pick(logits[torch.tensor(idx, device=self.device)], [rows[i].row for i in idx],
+                          config=job.config, generator=job.generator)  # (len(idx),)
             if job.logprobs is not None:
                 self._record_logprobs(job.logprobs, [rows[i] for i in idx], logits[idx], picked)
             for i, t in zip(idx, picked.tolist(), strict=True):
@@ -484,36 +455,20 @@ class Engine:
             r.logprobs.append((t, chosen[j], alternatives))
 
     def _accept(self, row: _Row, token: int) -> None:
-        """A sampled token: as `decode.generate` treats it (eos ends the row, stop strings
-        end it and are cut, max_new_tokens ends it)."""
-        cfg = row.job.config
-        row.generated += 1
+        """A sampled token: `decode.Row` takes it (streaming its text) and says if the row ended."""
+        row.row.accept(token)
         with self._cv:
             self._stats["tokens"] += 1
-        if token == self.tokenizer.eos_id and not cfg.ignore_eos:
-            return self._finish(row, "stop")
-        row.seq.append(token)
-        if row.seen is not None:
-            row.seen[token] = True
-        piece = row.stream.push(token)
-        if piece:
-            row.job.emit(Event("text", row.index, piece))
-        if row.stream.done:
-            self._finish(row, "stop")
-        elif row.generated >= cfg.max_new_tokens:
-            self._finish(row, "length")
+        if row.done:
+            self._finish(row)
 
-    def _finish(self, row: _Row, reason: str) -> None:
-        row.done = True
-        rest = row.stream.finish()
-        if rest:
-            row.job.emit(Event("text", row.index, rest))
+    def _finish(self, row: _Row) -> None:
         with self._cv:
             row.job.finished_rows += 1
             self._stats["finished"] += row.job.finished_rows == row.job.n
-        row.job.emit(Event("finish", row.index, finish_reason=reason, tokens=row.generated,
-                           ids=row.seq[row.prompt_len :],
-                           logprobs=row.logprobs if row.job.logprobs is not None else None))
+        r = row.row
+        row.job.emit(Event("finish", row.index, finish_reason=r.finish_reason, tokens=r.generated,
+                           ids=r.tokens, logprobs=row.logprobs if row.job.logprobs is not None else None))
 
     def _drop(self, batch: _Batch, rows: list[_Row]) -> None:
         """Remove finished or cancelled rows from a batch (its cache keeps the others)."""
