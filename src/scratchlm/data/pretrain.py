@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
 CHUNK_CHARS = 1 << 20  # tokenizer training reads text about 1M characters at a time
 BATCH_CHARS = 1 << 21  # encode about 2M characters of pieces per batch
+IN_FLIGHT = 2  # batches being encoded at once
 
 
 def _iter_chunks(sources: list[Source], *, field: str = "text", bad: BadRows | None = None
@@ -109,11 +111,13 @@ def prepare(
     with atomic_dir(out) as tmp:
         outs = {s: open(tmp / f"{s}.bin", "wb") for s in counts}  # noqa: SIM115 (closed below)
         batch: list[tuple[str, str, bool]] = []  # (split, text, doc_end)
-        # parallel: a batch is encoded on a worker thread (the tokenizers library releases
-        # the GIL and uses every core) while this thread reads the next one and writes the last.
-        # The char lookup is mostly GIL-holding numpy work on one core: a thread only slows it.
-        pool = ThreadPoolExecutor(1) if parallel and tok.kind != "char" else None
-        pending: list[tuple[Future, list]] = []
+        # parallel: batches are encoded on worker threads (the tokenizers library releases the
+        # GIL and spreads each batch over every core) while this thread reads the next batch
+        # and writes finished ones in order. Two batches in flight keep the cores busy while
+        # the last pieces of one finish. The char lookup is mostly GIL-holding numpy work on
+        # one core: threads only slow it.
+        pool = ThreadPoolExecutor(IN_FLIGHT) if parallel and tok.kind != "char" else None
+        pending: deque[tuple[Future, list]] = deque()
 
         def write(done: list[tuple[str, str, bool]], ids: list[np.ndarray]) -> None:
             for (split, text, doc_end), x in zip(done, ids, strict=True):
@@ -129,13 +133,10 @@ def prepare(
             if pool is None:
                 write(batch, encode_pieces(tok, texts, parallel=False))
             else:
-                future = pool.submit(encode_pieces, tok, texts)
-                if pending:
-                    earlier, done = pending.pop()
-                    write(done, earlier.result())
-                pending.append((future, batch))
-                if last:
-                    write(batch, future.result())
+                pending.append((pool.submit(encode_pieces, tok, texts), batch))
+                while pending and (last or len(pending) > IN_FLIGHT):
+                    future, done = pending.popleft()
+                    write(done, future.result())
             batch = []
 
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",

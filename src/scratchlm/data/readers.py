@@ -43,7 +43,7 @@ COMPRESSIONS = {".gz": "gzip", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
                   ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".arrow": "arrow"}
 BLOCK_BYTES = 1 << 20  # plain text is read a block at a time
-PIECE_CHARS = 1 << 16  # text is handed to the tokenizer in pieces of about this size...
+PIECE_CHARS = 1 << 18  # text is handed to the tokenizer in pieces of about this size...
 MAX_PIECE_CHARS = 1 << 22  # ... and never larger, however long a line is
 # Pieces are cut only where a byte-level BPE pre-tokenizer (GPT-2's regex, and Llama 3's)
 # would split anyway, so encoding piece by piece gives the tokens of encoding the document
