@@ -2,7 +2,7 @@
 ChatterBot test prompts with the same first 16 greedy tokens in int8 as in fp32 (issue 13's
 bar: on >= 80% of the prompts).
 
-    .venv/bin/python bench/precision_quality.py [--gguf PATH] [--limit N]
+    .venv/bin/python bench/precision_quality.py [--gguf PATH] [--limit N] [--quantize int8-dynamic]
 
 Each prompt is the first user line of a test conversation (`scratchlm.data.chatterbot`, PyPI
 chatterbot-corpus), rendered with the model's chat template; both models decode the prompts
@@ -40,7 +40,7 @@ def first_tokens(model, ids: list[int]) -> list[int]:
 
 
 def main() -> None:
-    C.setup(seed=0)
+    C.setup(seed=0, threads=int(arg("--threads", str(C.THREADS))))
     info = C.env_info()
     print(C.env_lines(info))
     gguf = Path(arg("--gguf", str(GGUF)))
@@ -52,7 +52,8 @@ def main() -> None:
     chats = [json.loads(ln) for ln in (data / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     limit = int(arg("--limit", "0")) or len(chats)
     fp32, tok = scratchlm.load(gguf)
-    int8, _ = scratchlm.load(gguf, quantize="int8")
+    quantize = arg("--quantize", "int8")
+    int8, _ = scratchlm.load(gguf, quantize=quantize)
     same, rows, t = 0, [], time.perf_counter()
     for chat in chats[:limit]:
         user = next(m["content"] for m in chat["messages"] if m["role"] == "user")
@@ -71,8 +72,10 @@ def main() -> None:
         C.env_lines(info),
         "",
         f"SmolLM2-135M-Instruct ({gguf.name}, dequantised to fp32 on import) in fp32 and with "
-        f"`quantize=\"int8\"`: the first {N_TOKENS} greedy tokens agree on **{same} of {n} "
-        f"ChatterBot test prompts ({share:.0%})**; bar {BAR:.0%}: "
+        f"`quantize=\"{quantize}\"`: the first {N_TOKENS} greedy tokens agree on **{same} of {n} "
+        f"ChatterBot test prompts ({share:.0%})**"
+        + (f" (the first {n} of {len(chats)}: `--limit {n}`)" if n < len(chats) else "")
+        + f"; bar {BAR:.0%}: "
         f"**{'met' if share >= BAR else 'not met'}**. First answers (fp32 / int8):",
         "",
         C.md_table(["prompt", "fp32", "int8"], rows),
@@ -80,8 +83,7 @@ def main() -> None:
         f"Script wall time: {(time.perf_counter() - t) / 60:.1f} min; load average at the end: {C.loadavg()}.",
     ])
     print("\n" + body)
-    if limit == len(chats):
-        print(f"\nwrote {C.write_section('precision_quality', body)}")
+    print(f"\nwrote {C.write_section('precision_quality', body)}")
 
 
 if __name__ == "__main__":
