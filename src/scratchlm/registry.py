@@ -1,6 +1,9 @@
 """The explicit registry of model families: written out by hand, no import magic.
 
-Each entry names the family's config dataclass, its model class, and its size presets.
+Each entry names the family's config dataclass, its model class, its size presets, and what
+the family can do (its capabilities). Code that depends on a capability reads it from the
+family's spec, never from a list of family names of its own: a new family is its file, one
+line here, and its test.
 """
 
 from __future__ import annotations
@@ -18,20 +21,34 @@ class FamilySpec:
     config_cls: type
     model_cls: type
     presets: dict[str, dict[str, Any]]
+    encoder_decoder: bool = False  # encodes a source, decodes a target (translate, not generate)
+    hf_layout: bool = False  # its model directories are what transformers loads (HF names)
+    hf_export: bool = False  # can be written as a plain Hugging Face directory (`convert --to hf`)
+    # Dotted path of its list of Transformer blocks: what fine-tuning (LoRA, frozen layers,
+    # gradient checkpointing) and FSDP work on; None: the family is not fine-tuned here.
+    blocks: str | None = None
+    embedding: str | None = None  # the weight a tied lm_head shares
+    conv1d: bool = False  # HF stores its linear weights transposed (GPT-2's Conv1D)
 
 
 def _families() -> dict[str, FamilySpec]:
     from scratchlm.models import gpt, llama, rnn, seq2seq_rnn, seq2seq_transformer
 
     return {
-        "gpt": FamilySpec("gpt", gpt.GPTConfig, gpt.GPT, gpt.PRESETS),
-        "llama": FamilySpec("llama", llama.LlamaConfig, llama.Llama, llama.PRESETS),
-        "rnn": FamilySpec("rnn", rnn.RNNConfig, rnn.RNNLM, rnn.PRESETS),
+        "gpt": FamilySpec("gpt", gpt.GPTConfig, gpt.GPT, gpt.PRESETS, hf_layout=True,
+                          hf_export=True, blocks="transformer.h",
+                          embedding="transformer.wte.weight", conv1d=True),
+        "llama": FamilySpec("llama", llama.LlamaConfig, llama.Llama, llama.PRESETS,
+                            hf_layout=True, hf_export=True, blocks="model.layers",
+                            embedding="model.embed_tokens.weight"),
+        "rnn": FamilySpec("rnn", rnn.RNNConfig, rnn.RNNLM, rnn.PRESETS,
+                          embedding="embed_tokens.weight"),
         "seq2seq_rnn": FamilySpec("seq2seq_rnn", seq2seq_rnn.Seq2SeqRNNConfig,
-                                  seq2seq_rnn.Seq2SeqRNN, seq2seq_rnn.PRESETS),
+                                  seq2seq_rnn.Seq2SeqRNN, seq2seq_rnn.PRESETS, encoder_decoder=True),
         "seq2seq_transformer": FamilySpec(
             "seq2seq_transformer", seq2seq_transformer.Seq2SeqTransformerConfig,
-            seq2seq_transformer.Seq2SeqTransformer, seq2seq_transformer.PRESETS),
+            seq2seq_transformer.Seq2SeqTransformer, seq2seq_transformer.PRESETS,
+            encoder_decoder=True, hf_export=True),
     }
 
 
@@ -55,7 +72,30 @@ def build_model(config: Any):
     return get_family(config.family).model_cls(config)
 
 
-def is_encoder_decoder(model_or_config: Any) -> bool:
-    """True for families that encode a source and decode a target (translate, not generate)."""
+def spec_of(model_or_config: Any) -> FamilySpec:
+    """The spec of a model's (or a model config's) family."""
     family = getattr(model_or_config, "family", None) or model_or_config.config.family
-    return family in ("seq2seq_rnn", "seq2seq_transformer")
+    return get_family(family)
+
+
+def is_encoder_decoder(model_or_config: Any) -> bool:
+    """True for families that encode a source and decode a target (translate, not generate);
+    False for a model of no registered family (a decoder written in a test, say)."""
+    family = getattr(model_or_config, "family", None) or getattr(
+        getattr(model_or_config, "config", None), "family", None)
+    return family is not None and get_family(family).encoder_decoder
+
+
+def blocks(model: Any) -> Any:
+    """The model's list of Transformer blocks (`FamilySpec.blocks`), or None."""
+    path = spec_of(model).blocks
+    if path is None:
+        return None
+    for name in path.split("."):
+        model = getattr(model, name)
+    return model
+
+
+def families_with(capability: str) -> list[str]:
+    """The families whose spec has `capability` (e.g. "blocks", "hf_export"), for messages."""
+    return [n for n, s in _families().items() if getattr(s, capability)]

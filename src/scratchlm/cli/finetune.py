@@ -32,9 +32,10 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import claim_out_dir, is_ours, mark_dir
 from scratchlm.modeldir import load, read_model_config
 from scratchlm.peft import trainable_summary
+from scratchlm.registry import families_with, get_family
 from scratchlm.tokenizers.chat import training_template
 from scratchlm.train import distributed
-from scratchlm.train.finetune import FAMILIES, adapter_io, prepare_model, sft_loss
+from scratchlm.train.finetune import adapter_io, prepare_model, sft_loss
 from scratchlm.train.interrupt import Interrupted
 from scratchlm.train.trainer import Trainer, clear_run_dir
 
@@ -113,9 +114,9 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist, argv: li
     ft = cfg.finetune
     if not ft.data:
         raise ScratchLMError("no data: pass --data FILE (Alpaca, chat or prompt/completion JSONL)")
-    if cfg.model.family not in FAMILIES:
+    if get_family(cfg.model.family).blocks is None:
         raise ScratchLMError(f"{args.model_dir} is a {cfg.model.family} model; finetune supports "
-                             f"the {', '.join(FAMILIES)} families")
+                             f"the {', '.join(families_with('blocks'))} families")
     block = cfg.model.block_size
     max_len = ft.max_len or block
     if max_len > block:

@@ -17,6 +17,7 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import sampling
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -80,7 +81,7 @@ def next_token(
 
 def init_cache(model: torch.nn.Module, *, batch_size: int, max_len: int, memory=None):
     """The model's decoding state; encoder-decoders build theirs from the encoded source."""
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         if memory is None:
             raise ScratchLMError("this is an encoder-decoder model: it translates a source "
                                  "(use `scratchlm translate` or pass memory=model.encode(src))")

@@ -20,6 +20,7 @@ from scratchlm.data.seq2seq import collate, encode_sources
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import GenerationConfig, generate_tokens
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -51,7 +52,7 @@ def translate_nbest(
 ) -> list[list[tuple[list[int], float]]]:
     """Per source, a list of (target token ids without specials, score), best first: one
     entry for greedy/sampling (score nan), beam.num_return_sequences for beam search."""
-    if not getattr(model, "is_encoder_decoder", False):
+    if not is_encoder_decoder(model):
         raise ScratchLMError("this is a decoder-only model; use `scratchlm generate` for it")
     length = length or LengthLimit()
     config = config or GenerationConfig(temperature=0.0)

@@ -22,6 +22,7 @@ import torch
 
 from scratchlm.config import DecoderConfig
 from scratchlm.errors import ScratchLMError
+from scratchlm.registry import get_family
 
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers some GPT-2 checkpoints carry that are not weights.
@@ -47,30 +48,26 @@ def unsupported(what: str) -> ScratchLMError:
     return ScratchLMError(f"{what} is not supported; supported architectures: {supported_text()}")
 
 
-# Where each family keeps the embedding that lm_head shares when tied.
-EMBEDDING = {"gpt": "transformer.wte.weight", "llama": "model.embed_tokens.weight",
-             "rnn": "embed_tokens.weight"}
-
-
 def _tied(config: DecoderConfig) -> bool:
-    return config.family == "gpt" or bool(getattr(config, "tie_embeddings", False))
+    # GPT-2's lm_head is always its token embedding (conv1d marks GPT-2's layout).
+    return get_family(config.family).conv1d or bool(getattr(config, "tie_embeddings", False))
 
 
 def has_hf_layout(family: str) -> bool:
     """Families whose model directories transformers loads (our names are its names)."""
-    return family in ("gpt", "llama")
+    return get_family(family).hf_layout
 
 
 def can_export(family: str) -> bool:
     """Families that can be written as a plain Hugging Face directory (`to_hf`)."""
-    return family in ("gpt", "llama", "seq2seq_transformer")
+    return get_family(family).hf_export
 
 
 def _aliases(config: Any) -> dict[str, str]:
     """Parameters that are another parameter (tied): alias -> source. Saved once."""
     if hasattr(config, "tied_weights"):
         return config.tied_weights()
-    return {"lm_head.weight": EMBEDDING[config.family]} if _tied(config) else {}
+    return {"lm_head.weight": get_family(config.family).embedding} if _tied(config) else {}
 
 
 def to_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -141,6 +141,14 @@ def _family(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "family", type(model).__name__)
 
 
+def _conv1d(model: nn.Module) -> bool:
+    """Does transformers store this family's projections as Conv1D (in, out)? (GPT-2)"""
+    from scratchlm.registry import get_family
+
+    family = getattr(getattr(model, "config", None), "family", None)
+    return family is not None and get_family(family).conv1d
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -252,7 +260,7 @@ def adapter_config(model: nn.Module, *, base_model: str | None = None) -> dict[s
         "use_rslora": first.rslora,
         "bias": "none",
         # GPT-2's projections are Conv1D (in, out) in transformers.
-        "fan_in_fan_out": _family(model) == "gpt",
+        "fan_in_fan_out": _conv1d(model),
         "modules_to_save": None,
         "init_lora_weights": True,
         "layers_to_transform": None,

@@ -204,11 +204,10 @@ def shard_batch(batch: dict[str, torch.Tensor], d: Dist) -> dict[str, torch.Tens
 # -------------------------------------------------------------------------- model
 def _shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules FSDP shards separately: each Transformer block (the root takes the rest)."""
-    from scratchlm.train.finetune import FAMILIES, blocks
+    from scratchlm.registry import blocks
 
-    if getattr(getattr(model, "config", None), "family", None) in FAMILIES:
-        return list(blocks(model))
-    return []
+    found = blocks(model) if hasattr(model, "config") else None
+    return list(found) if found is not None else []
 
 
 def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:

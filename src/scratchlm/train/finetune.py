@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchlm import registry
 from scratchlm.config import RunConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.peft import (
@@ -33,8 +34,6 @@ from scratchlm.peft import (
     mark_only_lora_trainable,
     write_adapter_files,
 )
-
-FAMILIES = ("gpt", "llama")  # decoder families with Hugging Face names (and packing support)
 
 
 def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -49,13 +48,12 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's list of Transformer blocks."""
-    family = model.config.family
-    if family == "gpt":
-        return model.transformer.h
-    if family == "llama":
-        return model.model.layers
-    raise ScratchLMError(f"fine-tuning supports the {', '.join(FAMILIES)} families, not {family}")
+    """The model's list of Transformer blocks (its family spec says where they are)."""
+    found = registry.blocks(model)
+    if found is None:
+        raise ScratchLMError(f"fine-tuning supports the {', '.join(registry.families_with('blocks'))} "
+                             f"families, not {model.config.family}")
+    return found
 
 
 def embeddings(model: nn.Module) -> list[nn.Parameter]:

@@ -154,11 +154,12 @@ class Trainer:
         self.exporter = distributed.Exporter(model, self.dist)
         self.model = model.to(self.device)
         if self.cfg.activation_checkpointing:
-            from scratchlm.train.finetune import FAMILIES, enable_gradient_checkpointing
+            from scratchlm.registry import blocks, families_with
+            from scratchlm.train.finetune import enable_gradient_checkpointing
 
-            if getattr(model.config, "family", None) not in FAMILIES:
+            if blocks(model) is None:
                 raise ScratchLMError(f"train.activation_checkpointing supports the "
-                                     f"{', '.join(FAMILIES)} families")
+                                     f"{', '.join(families_with('blocks'))} families")
             enable_gradient_checkpointing(model)
         self.wrapped = distributed.wrap(model, self.dist, self.device)  # DDP / FSDP's module
         self.forward_model = self.wrapped
