@@ -17,6 +17,7 @@ from scratchlm.eval.attention_plot import plot_attention
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
 from scratchlm.generate.translate import translate_nbest
+from scratchlm.registry import is_encoder_decoder
 
 HELP = "plot an encoder-decoder's attention over the source while it translates"
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.src.strip():
         raise ScratchLMError("--src is empty; give a sentence to translate")
     model, tok = load_for_inference(args, adapters=False)
-    if not getattr(model, "is_encoder_decoder", False):
+    if not is_encoder_decoder(model):
         raise ScratchLMError("attention maps over a source need an encoder-decoder model "
                              "(seq2seq_rnn or seq2seq_transformer)")
     beam = BeamConfig(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens) \

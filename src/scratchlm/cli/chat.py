@@ -27,6 +27,7 @@ from scratchlm.cli.generate import (
 )
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import GenerationConfig, generate
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_prompt, chat_template_for
 
 HELP = "chat with a model in the terminal (streamed replies, /reset, /system, /exit)"
@@ -80,7 +81,7 @@ class Chat:
             on_text(text)
 
         try:
-            if getattr(self.model, "is_encoder_decoder", False):
+            if is_encoder_decoder(self.model):
                 from scratchlm.generate.translate import translate
 
                 cfg = GenerationConfig(**{**self.config.__dict__, "stop": []})
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     out = sys.stdout
     cfg = model.config
     print(f"chat with {args.model_dir} ({cfg.family}, context {model.max_context or 'unlimited'})")
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         print("an encoder-decoder: each message is translated (no history)")
     elif template is None:
         print("this model has no chat template (pretrained from scratch?): it continues the "
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         if not line.strip():
             continue
         chat.messages.append({"role": "user", "content": line})
-        if not getattr(model, "is_encoder_decoder", False):
+        if not is_encoder_decoder(model):
             _, dropped = chat.prompt()
             if dropped:
                 print(f"(dropped the {dropped} oldest messages to fit the model's context)")

@@ -41,6 +41,7 @@ from scratchlm.eval.translation import METRICS, score_pairs
 from scratchlm.fileio import atomic_file
 from scratchlm.generate.beam import BeamConfig
 from scratchlm.generate.decode import GenerationConfig
+from scratchlm.registry import is_encoder_decoder
 
 HELP = ("perplexity on held-out text; BLEU/chrF/ROUGE of translations (seq2seq) or of "
         "completions of prompt -> reference files (language models)")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     model, tokenizer = load_for_inference(args)
     if args.metric and "loglik" in args.metric:
         return _loglik(args, model, tokenizer)
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         return _seq2seq(args, model, tokenizer)
     if Path(args.data).suffix in (".jsonl", ".json") and not Path(args.data).is_dir():
         return _completions(args, model, tokenizer)

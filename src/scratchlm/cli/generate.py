@@ -23,6 +23,7 @@ from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import max_new_tokens_for, stop_at, stop_checker
 from scratchlm.models.quant import DTYPES, QUANTIZE, apply_precision, choose_precision
 from scratchlm.peft import load_with_adapter
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_prompt, chat_template_for
 
 HELP = "generate text from a model directory"
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         num_samples=args.num_samples, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     model, tokenizer = load_for_inference(args)
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         raise ScratchLMError(f"{args.model_dir} is an encoder-decoder ({model.config.family}): it "
                              "translates a source; use `scratchlm translate MODEL_DIR --src TEXT`")
     shown = args.prompt  # what is printed before the generated text

@@ -27,6 +27,7 @@ import torch
 
 from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.errors import ScratchLMError
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers.chat import TEMPLATE_MODES, chat_template_for
 
 HELP = "serve a model: an OpenAI-compatible HTTP API and a web chat page"
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"serving {name} ({cfg.family}, context {model.max_context or 'unlimited'}, "
           f"{args.threads} torch thread{'s' * (args.threads > 1)}) at http://{shown}:{port}/  "
           f"(API: http://{shown}:{port}/v1)", flush=True)
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         print("an encoder-decoder: completions translate the prompt, chat translates the last "
               "user message", flush=True)
     elif template is None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from scratchlm.data.sft import iter_records
 from scratchlm.errors import ScratchLMError
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers import Tokenizer
 
 Item = str | tuple[str, str]
@@ -79,7 +80,7 @@ def score_ids(
 ) -> list[Score]:
     """For each row of token ids, the log-probabilities of its tokens from index `first` (>= 1)
     on, each given all the tokens before it; with `top_k`, the k likeliest tokens there too."""
-    if getattr(model, "is_encoder_decoder", False):
+    if is_encoder_decoder(model):
         raise ScratchLMError("log-likelihood scoring is for decoder-only models (gpt, llama, rnn); "
                              "this is an encoder-decoder")
     if batch_size < 1:

@@ -49,6 +49,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate.decode import GenerationConfig, Row, init_cache, pick
 from scratchlm.models.cache import RNNState
+from scratchlm.registry import is_encoder_decoder
 from scratchlm.tokenizers import Tokenizer
 
 
@@ -140,7 +141,7 @@ class Engine:
         self.max_rows, self.max_waiting = max_rows, max_waiting
         self.max_batches, self.max_catch_up = max_batches, max_catch_up
         self.device = next(model.parameters()).device
-        self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        self.encoder_decoder = is_encoder_decoder(model)
         self.position_free = (not self.encoder_decoder
                               and isinstance(init_cache(model, batch_size=1, max_len=1), RNNState))
         self._cv = threading.Condition()
