@@ -1,14 +1,16 @@
 """llama.cpp itself runs scratchlm's GGUF exports (built by bench/llamacpp.py from the source
 vendored in llama-cpp-python 0.3.36; skipped, in one line, where it is not built).
 
-Two tiny models are trained for a few hundred steps on the shipped Shakespeare sample, so that
-greedy decoding is not degenerate: a llama-family model with q/k/v biases and a byte-level BPE
+Tiny models are trained for 200-400 steps on the shipped Shakespeare sample, so that greedy
+decoding is not one token repeated: a llama-family model with q/k/v biases and a byte-level BPE
 tokenizer (512 tokens), written both as llama.cpp's "qwen2" and as its "llama" (permuted q/k
-rows and biases), and a gpt model with a char tokenizer (what `make demo` trains) written as
-"gpt2" with llama.cpp's sentencepiece tokenizer model. For each:
+rows and biases); a gpt model with the same tokenizer, written as "gpt2"; and a gpt model with a
+char tokenizer (what `make demo` trains), which goes in as llama.cpp's sentencepiece tokenizer
+model (400 steps teach it little more than " the t the").
+For each:
 - llama.cpp tokenizes the held-out text to our token ids (llama-tokenize);
 - llama.cpp's greedy continuation of a held-out prompt on our F16 export is the text of
-  scratchlm's greedy tokens on the same file (llama-completion, --temp 0);
+  scratchlm's greedy tokens on the same file (llama-simple, 32 tokens);
 - llama-perplexity on held-out text: F16 equals scratchlm's own perplexity computed the way
   llama-perplexity does (second half of each 64-token chunk), and our Q8_0 / Q4_0 exports are
   within 2% / 10% of F16; llama-quantize makes a Q4_K_M from our F16 (within 10% too).
@@ -42,14 +44,16 @@ N_CTX = 64  # the models' context, and llama-perplexity's chunk
 NEW = 32  # greedy tokens compared
 HELD = 20_000  # characters of the sample held out (the end)
 # GGUF architecture -> (model family, tokenizer kind)
-SETUPS = {"qwen2": ("llama", "bpe"), "llama": ("llama", "bpe"), "gpt2": ("gpt", "char")}
+SETUPS = {"qwen2": ("llama", "bpe"), "llama": ("llama", "bpe"), "gpt2": ("gpt", "bpe"),
+          "gpt2-char": ("gpt", "char")}
 
 
 def run_tool(name: str, *args) -> subprocess.CompletedProcess:
     """Run one llama.cpp binary (stdout: its output, stderr: its log); the test fails with the
     end of the log if it exits non-zero."""
-    proc = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, timeout=600)
+    # Tokens print as their bytes: a multi-byte character may be cut (decoded as U+FFFD).
+    proc.stdout, proc.stderr = (b.decode("utf-8", errors="replace") for b in (proc.stdout, proc.stderr))
     if proc.returncode != 0:
         pytest.fail(f"{name} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
@@ -67,14 +71,16 @@ def tokenizers(texts):
             for kind in ("bpe", "char")}
 
 
-def _train(family: str, tokenizer, text: str, steps: int = 200, batch: int = 16):
+def _train(family: str, tokenizer, text: str, batch: int = 16):
+    # GPT-2's shape learns more slowly than Llama's: more steps and a larger rate.
+    steps, lr = (200, 3e-3) if family == "llama" else (400, 1e-2)
     extra = {"n_kv_head": 2, "qkv_bias": True} if family == "llama" else {}
     values = {"family": family, "n_layer": 2, "n_head": 4, "d_model": 64, "block_size": N_CTX,
               "vocab_size": tokenizer.vocab_size, **extra}
     torch.manual_seed(0)
     model = build_model(run_config_from_dict({"model": values}).model)
     data = torch.tensor(tokenizer.encode(text))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         i = torch.randint(0, len(data) - N_CTX - 1, (batch,), generator=g)
@@ -104,10 +110,10 @@ def trained(tokenizers, texts):
 
 @pytest.fixture
 def f16(request, trained, tmp_path):
-    arch = request.param
-    model, tokenizer = trained(arch)
+    model, tokenizer = trained(request.param)
+    arch = request.param.removesuffix("-char")
     path = save_gguf(tmp_path / f"{arch}.f16.gguf", model, tokenizer, outtype="f16", arch=arch)
-    return arch, path, tokenizer
+    return arch, path, model, tokenizer
 
 
 def _greedy(model, ids: list[int], n: int) -> list[int]:
@@ -120,7 +126,7 @@ def _greedy(model, ids: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("f16", list(SETUPS), indirect=True)
 def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, texts, tmp_path):
-    arch, path, tokenizer = f16
+    arch, path, _, tokenizer = f16
     held = texts[1]
     (tmp_path / "held.txt").write_text(held[:4000], encoding="utf-8")
     theirs = run_tool("llama-tokenize", "-m", path, "-f", tmp_path / "held.txt", "--ids",
@@ -134,13 +140,13 @@ def test_llamacpp_tokenizes_and_decodes_greedily_as_scratchlm(f16, texts, tmp_pa
     prompt = prompt.rstrip()
     ids = tok.encode(prompt)
     want = _greedy(ours, ids, NEW)
-    assert len(set(want)) >= 8, tok.decode(want)  # a continuation, not one token repeated
-    (tmp_path / "prompt.txt").write_text(prompt + "\n", encoding="utf-8")
-    got = run_tool("llama-completion", "-m", path, "-f", tmp_path / "prompt.txt", "-n", NEW,
-                   "--temp", "0", "--ignore-eos", "-no-cnv", "--no-display-prompt", "--no-escape",
-                   "-c", N_CTX, "-t", 1, "-s", 1, "--no-warmup").stdout
+    assert len(set(want)) >= (5 if tokenizer.kind == "bpe" else 3), tok.decode(want)  # not one token
+    # llama-simple: greedy (argmax) sampling; prints the prompt's pieces, then each new token's
+    # as it is sampled, then a newline. (llama-completion printed fewer tokens than asked, or
+    # none, in some runs here.)
+    got = run_tool("llama-simple", "-m", path, "-n", NEW, prompt).stdout
     print(f"{arch}: {prompt!r} -> {got!r}")
-    assert got == tok.decode(want)
+    assert got == tok.decode(ids + want) + "\n"
 
 
 def _ppl_ours(model, ids: list[int]) -> float:
@@ -156,19 +162,26 @@ def _ppl_ours(model, ids: list[int]) -> float:
 
 
 def _ppl(path, held_file) -> float:
-    proc = run_tool("llama-perplexity", "-m", path, "-f", held_file, "-c", N_CTX, "-b", N_CTX,
-                    "-t", 2, "--no-escape")
-    return float(re.search(r"Final estimate: PPL = ([\d.]+)", proc.stdout + proc.stderr).group(1))
+    # Seen here under load (2 shared cores): about 1 run in 8 exits 0 with its log cut short and
+    # no result printed (llama.cpp logs from a background thread): such a run is repeated, up to
+    # 3 times.
+    for _ in range(3):
+        proc = run_tool("llama-perplexity", "-m", path, "-f", held_file, "-c", N_CTX, "-b", N_CTX,
+                        "-t", 2, "--no-escape")
+        found = re.search(r"Final estimate: PPL = ([\d.]+)", proc.stdout + proc.stderr)
+        if found:
+            break
+    assert found, f"llama-perplexity printed no result 3 times: {proc.stderr[-1500:]}"
+    return float(found.group(1))
 
 
 @pytest.mark.parametrize("f16", list(SETUPS), indirect=True)
-def test_llamacpp_perplexity_of_quantised_exports(f16, trained, texts, tmp_path):
-    arch, path, tokenizer = f16
+def test_llamacpp_perplexity_of_quantised_exports(f16, texts, tmp_path):
+    arch, path, model, tokenizer = f16
     held_file = tmp_path / "held.txt"
     held_file.write_text(texts[1], encoding="utf-8")
     ours, tok = load_gguf(path)
     ppl = {"ours": _ppl_ours(ours, tok.encode(texts[1])), "f16": _ppl(path, held_file)}
-    model, _ = trained(arch)
     for q in ("q8_0", "q4_0"):
         ppl[q] = _ppl(save_gguf(tmp_path / f"{q}.gguf", model, tokenizer, outtype=q, arch=arch),
                       held_file)
