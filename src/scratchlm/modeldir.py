@@ -24,12 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scratchlm.config import build_model_config
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, current_umask, inside_dir, read_json, write_json
 from scratchlm.interop import hf
 from scratchlm.models.quant import place
-from scratchlm.registry import build_model
+from scratchlm.registry import build_model, build_model_config
 from scratchlm.tokenizers import Tokenizer
 
 FORMAT = "scratchlm-model/1"

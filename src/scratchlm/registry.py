@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.models.config import DecoderConfig
+from scratchlm.schema import build_section
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,23 @@ def blocks(model: Any) -> Any:
 def families_with(capability: str) -> list[str]:
     """The families whose spec has `capability` (e.g. "blocks", "hf_export"), for messages."""
     return [n for n, s in _families().items() if getattr(s, capability)]
+
+
+def build_model_config(values: dict[str, Any]) -> Any:
+    """Pick the family's dataclass from `family`, fill it from its preset, then `values`."""
+    family = values.get("family", DecoderConfig.family)
+    spec = get_family(family)
+    preset = values.get("preset")
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in spec.presets:
+            close = difflib.get_close_matches(str(preset), spec.presets, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ScratchLMError(
+                f"unknown model.preset {preset!r} for family {family!r}{hint} "
+                f"(presets: {', '.join(spec.presets)})"
+            )
+        merged.update(spec.presets[preset])
+    merged.update(values)
+    merged["family"] = family
+    return build_section(spec.config_cls, merged, "model")

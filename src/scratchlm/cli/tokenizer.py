@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scratchlm.cli import add_overwrite
+from scratchlm.cli.options import add_overwrite
 from scratchlm.data.pretrain import resolve_tokenizer
 from scratchlm.data.text import list_text_files
 from scratchlm.fileio import atomic_dir, claim_out_dir

@@ -76,7 +76,7 @@ def build(corpus_files: dict[str, str], out: Path) -> dict[str, int]:
 
 def get_chatterbot(out: Path, *, cache: Path, offline: bool = False, lang: str = "en") -> str:
     """Fetch the corpus source package (cached) and write `lang`'s chat JSONL splits."""
-    from scratchlm.data.sources import pip_download
+    from scratchlm.data.pip import pip_download
 
     if lang not in LANGS:
         raise ScratchLMError(f"unknown ChatterBot language {lang!r} (known: {', '.join(LANGS)})")

@@ -47,7 +47,8 @@ from scratchlm.fileio import (
     read_json,
     write_json,
 )
-from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from scratchlm.interop.gguf import load_tokenizer
+from scratchlm.tokenizers import Tokenizer, train_tokenizer
 
 Pair = tuple[str, str]
 PairSource = str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike] | Mapping[str, Sequence[Pair]]

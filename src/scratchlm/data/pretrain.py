@@ -34,7 +34,8 @@ from tqdm import tqdm
 from scratchlm.data.readers import BadRows, Source, iter_pieces, list_sources
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, damaged_if_wrong, inside_dir, read_json, write_json
-from scratchlm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from scratchlm.interop.gguf import load_tokenizer
+from scratchlm.tokenizers import Tokenizer, train_tokenizer
 
 CHUNK_CHARS = 1 << 20  # tokenizer training reads text about 1M characters at a time
 BATCH_CHARS = 1 << 21  # encode about 2M characters of pieces per batch

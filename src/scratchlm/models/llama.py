@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.config import DecoderConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import causal_attention
 from scratchlm.models.cache import KVCache
+from scratchlm.models.config import DecoderConfig
 from scratchlm.models.decoder import DecoderLM
 from scratchlm.models.layers import (
     ROPE_TYPES,

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from scratchlm.config import check_sizes
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import RNNState
+from scratchlm.models.config import check_sizes
 from scratchlm.models.layers import output_logits
 
 

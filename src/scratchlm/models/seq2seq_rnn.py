@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from scratchlm.config import check_sizes, encoder_decoder_tied_weights
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import RNNAttention
 from scratchlm.models.cache import EncoderOutput, Seq2SeqRNNState
+from scratchlm.models.config import check_sizes, encoder_decoder_tied_weights
 from scratchlm.models.layers import output_logits
 
 ATTENTIONS = ("none", *RNNAttention.KINDS)

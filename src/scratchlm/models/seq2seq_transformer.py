@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.config import check_sizes, encoder_decoder_tied_weights
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import causal_attention, padded_attention
 from scratchlm.models.cache import EncoderDecoderCache, EncoderOutput, KVCache
+from scratchlm.models.config import check_sizes, encoder_decoder_tied_weights
 from scratchlm.models.layers import output_logits
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}

@@ -261,18 +261,9 @@ def _roles_from_names(hf: HFTokenizer) -> dict:
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """--tokenizer given as a path: a tokenizer or model directory, or a tokenizer.json file."""
+    """--tokenizer given as a path: a tokenizer or model directory, or a tokenizer.json file
+    (a GGUF file's tokenizer: `scratchlm.interop.gguf.load_tokenizer`)."""
     p = Path(spec)
-    if p.suffix.lower() == ".gguf" and p.is_file():  # the tokenizer in a GGUF's metadata
-        import gguf
-
-        from scratchlm.interop.gguf import read_metadata, tokenizer_from_metadata
-
-        try:
-            meta = read_metadata(gguf.GGUFReader(str(p)))
-        except Exception as e:  # the reader raises ValueError/struct errors on damaged files
-            raise ScratchLMError(f"{p} could not be read as GGUF ({e})") from None
-        return tokenizer_from_metadata(meta)
     if not (p.is_dir() or (p.is_file() and p.suffix.lower() == ".json")):
         raise ScratchLMError(f"--tokenizer {str(spec)!r} is neither 'char', 'bpe', a tokenizer or "
                              f"model directory, a tokenizer.json file nor a GGUF file")

@@ -45,7 +45,7 @@ def load_source(source: str) -> tuple[torch.nn.Module, Tokenizer]:
 def model_config(source: str, requested: dict[str, Any]) -> Any:
     """The run's model config: the source's, with the keys of `requested` (the config file's
     and the command line's model section) checked against it."""
-    from scratchlm.config import build_model_config
+    from scratchlm.registry import build_model_config
 
     src = load_source(source)[0].config
     values = {k: v for k, v in dataclasses.asdict(src).items() if v is not None}
