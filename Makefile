@@ -34,7 +34,7 @@ demo: install
 
 test: install
 	@[ -x /usr/bin/chromium ] || echo "note: /usr/bin/chromium is not installed, so the browser test (tests/serve/test_browser.py) is SKIPPED; 'make test-browser' installs Chromium and runs it"
-	@$(BIN)/python bench/llamacpp.py --find >/dev/null || echo "note: llama.cpp is not built, so tests/interop/test_llamacpp.py is SKIPPED; '$(BIN)/python bench/llamacpp.py' builds it once (20-40 min on 2 cores)"
+	@$(BIN)/python bench/llamacpp.py --find >/dev/null || echo "note: llama.cpp is not built, so tests/interop/test_llamacpp.py is SKIPPED; '$(BIN)/python bench/llamacpp.py' builds it once (45 min on 2 shared cores)"
 	$(BIN)/python -m pytest -rs
 
 # The web chat page end to end in headless Chromium: Debian's chromium + chromium-driver

@@ -3,7 +3,7 @@ outside the repository, and find the built binaries.
 
 Used by the llama.cpp tests (tests/interop/test_llamacpp.py: our GGUF exports loaded by llama.cpp
 itself), by `.ci/run` (builds once per machine) and by benchmarks that compare against llama.cpp.
-`make test` never builds it: it takes 20-40 minutes on 2 cores.
+`make test` never builds it: it took 45 minutes on 2 shared cores (load ~10).
 
     .venv/bin/python bench/llamacpp.py            # build if absent, print the bin directory
     .venv/bin/python bench/llamacpp.py --find     # print it only if already built (exit 1 if not)

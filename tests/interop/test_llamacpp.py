@@ -31,7 +31,7 @@ from bench.llamacpp import CACHE, find_bin_dir
 BIN = find_bin_dir()
 if BIN is None:
     pytest.skip(f"llama.cpp is not built: '.venv/bin/python bench/llamacpp.py' builds it into {CACHE} "
-                "(20-40 min on 2 cores; .ci/run does it once per machine)", allow_module_level=True)
+                "(45 min on 2 shared cores; .ci/run does it once per machine)", allow_module_level=True)
 
 from scratchlm.config import run_config_from_dict  # noqa: E402
 from scratchlm.data.sources import shakespeare_sample_path  # noqa: E402
