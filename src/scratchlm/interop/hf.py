@@ -77,7 +77,7 @@ def to_hf_state_dict(config: DecoderConfig, state: dict[str, torch.Tensor]) -> d
     for k, v in state.items():
         if k in aliases:
             continue
-        if config.family == "gpt" and k.endswith(GPT2_CONV1D):
+        if get_family(config.family).conv1d and k.endswith(GPT2_CONV1D):
             v = v.t()
         out[k] = v.contiguous()
     return out
