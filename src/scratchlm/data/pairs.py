@@ -37,6 +37,7 @@ import torch
 
 from scratchlm.data import readers
 from scratchlm.data.libreoffice import split_pairs
+from scratchlm.data.pretrain import tokenizer_for
 from scratchlm.data.seq2seq import clean, collate
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import (
@@ -47,8 +48,7 @@ from scratchlm.fileio import (
     read_json,
     write_json,
 )
-from scratchlm.interop.gguf import load_tokenizer
-from scratchlm.tokenizers import Tokenizer, train_tokenizer
+from scratchlm.tokenizers import Tokenizer
 
 Pair = tuple[str, str]
 PairSource = str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike] | Mapping[str, Sequence[Pair]]
@@ -266,23 +266,10 @@ def load_splits(data: PairSource, *, valid_fraction: float = 0.1, on_empty: str 
 
 
 # ----------------------------------------------------------------------------- preparing
-def _resolve_tokenizer(spec: str | Tokenizer, *, train: list[Pair], vocab_size: int,
-                       show_progress: bool) -> Tokenizer:
-    """'char' or 'bpe' trains one tokenizer on both sides of `train`; else a tokenizer dir."""
-    if isinstance(spec, Tokenizer):
-        return spec
-    spec = str(spec)
-    if spec in ("char", "bpe"):
-        if show_progress:
-            print(f"training a {spec} tokenizer on both sides of {len(train):,} train pairs")
-
-        def chunks() -> Iterator[str]:
-            for i in range(0, len(train), CHUNK_PAIRS):
-                yield "\n".join(x for pair in train[i:i + CHUNK_PAIRS] for x in pair)
-
-        return train_tokenizer(kind=spec, texts=chunks(), vocab_size=vocab_size,
-                               show_progress=show_progress)
-    return load_tokenizer(spec)
+def _pair_texts(train: list[Pair]) -> Iterator[str]:
+    """Both sides of the train pairs, in chunks, for training a tokenizer."""
+    for i in range(0, len(train), CHUNK_PAIRS):
+        yield "\n".join(x for pair in train[i:i + CHUNK_PAIRS] for x in pair)
 
 
 def _encode(tok: Tokenizer, split: str, pairs: list[Pair], *, max_len: int | None,
@@ -363,8 +350,9 @@ def prepare_pairs(
     if dataset_meta is not None and dataset_meta.is_file():
         found = read_json(dataset_meta)
         src_lang, tgt_lang = src_lang or found.get("src_lang"), tgt_lang or found.get("tgt_lang")
-    tok = _resolve_tokenizer(tokenizer, train=splits["train"].pairs, vocab_size=vocab_size,
-                             show_progress=show_progress)
+    train = splits["train"].pairs
+    tok = tokenizer_for(tokenizer, texts=lambda: _pair_texts(train), vocab_size=vocab_size,
+                        what=f"both sides of {len(train):,} train pairs", show_progress=show_progress)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     counts: dict[str, dict] = {}
     with atomic_dir(out) as tmp:

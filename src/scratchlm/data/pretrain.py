@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,19 +56,32 @@ def _iter_chunks(sources: list[Source], *, field: str = "text", bad: BadRows | N
         yield "".join(buf)
 
 
-def resolve_tokenizer(
-    spec: str, *, files: list[Path] | list[Source], vocab_size: int, show_progress: bool = True,
-    field: str = "text", on_bad: str = "skip",
+def tokenizer_for(
+    spec: str | os.PathLike | Tokenizer, *, texts: Callable[[], Iterable[str]], what: str,
+    vocab_size: int, show_progress: bool = True,
 ) -> Tokenizer:
-    """'char' or 'bpe' trains a new tokenizer on `files`; anything else is a tokenizer or
-    model directory, or a tokenizer.json file."""
-    if spec in ("char", "bpe"):
-        sources = [s for f in files for s in ([f] if isinstance(f, Source) else list_sources([f]))]
+    """The one --tokenizer rule of every prepare (text, pairs, SFT): a Tokenizer is used as
+    it is; 'char' or 'bpe' trains a new one on `texts()` (`what` says on what); anything else
+    is a tokenizer or model directory, a tokenizer.json file or a GGUF file."""
+    if isinstance(spec, Tokenizer):
+        return spec
+    if str(spec) in ("char", "bpe"):
         if show_progress:
-            print(f"training a {spec} tokenizer on {len(sources)} input(s)")
-        return train_tokenizer(kind=spec, texts=_iter_chunks(sources, field=field, bad=BadRows(on_bad)),
-                               vocab_size=vocab_size, show_progress=show_progress)
+            print(f"training a {spec} tokenizer on {what}")
+        return train_tokenizer(kind=str(spec), texts=texts(), vocab_size=vocab_size,
+                               show_progress=show_progress)
     return load_tokenizer(spec)
+
+
+def resolve_tokenizer(
+    spec: str | Tokenizer, *, files: list[Path] | list[Source], vocab_size: int,
+    show_progress: bool = True, field: str = "text", on_bad: str = "skip",
+) -> Tokenizer:
+    """`tokenizer_for` on text inputs (files, directories, globs; `field` of record files)."""
+    sources = [s for f in files for s in ([f] if isinstance(f, Source) else list_sources([f]))]
+    return tokenizer_for(spec, texts=lambda: _iter_chunks(sources, field=field, bad=BadRows(on_bad)),
+                         what=f"{len(sources)} input(s)", vocab_size=vocab_size,
+                         show_progress=show_progress)
 
 
 def encode_pieces(tok: Tokenizer, texts: list[str], *, parallel: bool = True) -> list[np.ndarray]:
