@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from scratchlm.data.seq2seq import collate
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate.decode import GenerationConfig, Row, init_cache, pick
 from scratchlm.models.cache import RNNState
@@ -404,13 +405,9 @@ class Engine:
         self._batches.append(_Batch(cache, rows, fed, max_len, joinable=True))
 
     def _start_encoder_decoder(self, jobs: list[Job]) -> None:
-        S = max(len(j.source) for j in jobs)
-        ids = torch.full((len(jobs), S), self.tokenizer.pad_id, dtype=torch.long)
-        for i, j in enumerate(jobs):
-            ids[i, : len(j.source)] = torch.tensor(j.source)
-        lengths = torch.tensor([len(j.source) for j in jobs])
-        mask = torch.arange(S)[None, :] < lengths[:, None]  # (J, S) True at real tokens
-        memory = self.model.encode(ids.to(self.device), mask.to(self.device))
+        # The one seq2seq batch convention (data/seq2seq.py), which adds the <|eos|> a source ends in.
+        batch = collate([j.source[:-1] for j in jobs], tokenizer=self.tokenizer)
+        memory = self.model.encode(batch["src_ids"].to(self.device), batch["src_mask"].to(self.device))
         index = torch.tensor([i for i, j in enumerate(jobs) for _ in range(j.n)], device=self.device)
         memory = memory.reorder(index)  # one source row per choice
         max_len = 1 + max(j.config.max_new_tokens for j in jobs)
