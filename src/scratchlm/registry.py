@@ -31,6 +31,9 @@ class FamilySpec:
     blocks: str | None = None
     embedding: str | None = None  # the weight a tied lm_head shares
     conv1d: bool = False  # HF stores its linear weights transposed (GPT-2's Conv1D)
+    # Its time goes into nn.Linear layers, which --quantize int8 swaps (models/quant.py); the
+    # RNN families' time is in their recurrent cells, which it does not touch.
+    int8: bool = False
 
 
 def _families() -> dict[str, FamilySpec]:
@@ -39,10 +42,10 @@ def _families() -> dict[str, FamilySpec]:
     return {
         "gpt": FamilySpec("gpt", gpt.GPTConfig, gpt.GPT, gpt.PRESETS, hf_layout=True,
                           hf_export=True, blocks="transformer.h",
-                          embedding="transformer.wte.weight", conv1d=True),
+                          embedding="transformer.wte.weight", conv1d=True, int8=True),
         "llama": FamilySpec("llama", llama.LlamaConfig, llama.Llama, llama.PRESETS,
                             hf_layout=True, hf_export=True, blocks="model.layers",
-                            embedding="model.embed_tokens.weight"),
+                            embedding="model.embed_tokens.weight", int8=True),
         "rnn": FamilySpec("rnn", rnn.RNNConfig, rnn.RNNLM, rnn.PRESETS,
                           embedding="embed_tokens.weight"),
         "seq2seq_rnn": FamilySpec("seq2seq_rnn", seq2seq_rnn.Seq2SeqRNNConfig,
@@ -50,7 +53,7 @@ def _families() -> dict[str, FamilySpec]:
         "seq2seq_transformer": FamilySpec(
             "seq2seq_transformer", seq2seq_transformer.Seq2SeqTransformerConfig,
             seq2seq_transformer.Seq2SeqTransformer, seq2seq_transformer.PRESETS,
-            encoder_decoder=True, hf_export=True),
+            encoder_decoder=True, hf_export=True, int8=True),
     }
 
 

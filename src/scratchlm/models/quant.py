@@ -37,9 +37,6 @@ from scratchlm.hardware import capabilities
 
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZE = ("none", "int8", "int8-dynamic")
-# Families whose time goes into nn.Linear layers; the RNN families' time is in their
-# recurrent cells (nn.LSTM/nn.GRU), which this does not touch.
-INT8_FAMILIES = ("gpt", "llama", "seq2seq_transformer")
 
 
 class Int8Linear(nn.Module):
@@ -103,10 +100,12 @@ def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
     """Swap every `nn.Linear` of `model` (LoRA layers merged first) for an `Int8Linear`, in
     place; returns the swapped names. `kernel`: weight_only or dynamic (default: `int8_kernel()`).
     Raises where int8 cannot run."""
-    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
-    if family not in INT8_FAMILIES:
-        raise ScratchLMError(f"--quantize int8 covers the {', '.join(INT8_FAMILIES)} families, "
-                             f"not {family}; use --quantize none")
+    from scratchlm.registry import families_with, get_family
+
+    family = getattr(getattr(model, "config", None), "family", None)
+    if family is None or not get_family(family).int8:
+        raise ScratchLMError(f"--quantize int8 covers the {', '.join(families_with('int8'))} families, "
+                             f"not {family or type(model).__name__}; use --quantize none")
     kernel = kernel or int8_kernel()
     caps = capabilities()
     if kernel == "dynamic" and not caps.fast_int8:
