@@ -267,10 +267,13 @@ def check_command(argv: list[str]) -> str | None:
     config = getattr(args, "config", None)
     if config and not (ROOT / config).is_file():
         return f"--config {config} is not a file in the repository"
+    extra = [x for x in extra if x != "--"]
+    if "--train.init_from" in extra:  # a model the command reads, like --data: not checked here
+        i = extra.index("--train.init_from")
+        extra = extra[:i] + extra[i + 2:]
     if extra:
         try:
-            load_run_config(ROOT / config if config else None,
-                            overrides=[x for x in extra if x != "--"])
+            load_run_config(ROOT / config if config else None, overrides=extra)
         except ScratchLMError as e:
             return str(e)
     return None
