@@ -30,8 +30,9 @@ from collections.abc import Iterable
 from html.parser import HTMLParser
 from pathlib import Path
 
+from scratchlm.data.seq2seq import clean, write_tsv
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_dir, atomic_file, read_json, write_json
+from scratchlm.fileio import atomic_dir, read_json, write_json
 
 Pair = tuple[str, str]
 
@@ -141,11 +142,6 @@ class _HelpPage(HTMLParser):
         self.key, self.buf = None, []
 
 
-def clean(text: str) -> str:
-    """One line: runs of whitespace (tabs and newlines included) become one space."""
-    return " ".join(text.split())
-
-
 def read_help_page(html: str) -> dict[str, str]:
     """{element id: text} for one help page."""
     parser = _HelpPage()
@@ -199,12 +195,6 @@ def split_pairs(pairs: Iterable[Pair], *, test_size: int = TEST_SIZE,
     cuts = {"train": order[test_size + valid_size:],
             "valid": order[test_size:test_size + valid_size], "test": order[:test_size]}
     return {split: [p for s in srcs for p in by_src[s]] for split, srcs in cuts.items()}
-
-
-def write_tsv(path: Path, pairs: Iterable[Pair]) -> None:
-    with atomic_file(path) as f:
-        for s, t in pairs:
-            f.write(f"{clean(s)}\t{clean(t)}\n")
 
 
 # ----------------------------------------------------------------------------- packages

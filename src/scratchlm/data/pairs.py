@@ -38,11 +38,10 @@ import torch
 from scratchlm.data import readers
 from scratchlm.data.libreoffice import split_pairs
 from scratchlm.data.pretrain import tokenizer_for
-from scratchlm.data.seq2seq import clean, collate
+from scratchlm.data.seq2seq import clean, collate, write_tsv
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import (
     atomic_dir,
-    atomic_file,
     damaged_if_wrong,
     inside_dir,
     read_json,
@@ -310,12 +309,6 @@ def _write_ids(tmp: Path, name: str, ids: list[list[int]], dtype: np.dtype) -> N
     flat = np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(offsets[-1]))
     flat.tofile(tmp / f"{name}.bin")
     np.save(tmp / f"{name}.idx.npy", offsets)
-
-
-def write_tsv(path: Path, pairs: Sequence[Pair]) -> None:
-    with atomic_file(path) as f:
-        for s, t in pairs:
-            f.write(f"{clean(s)}\t{clean(t)}\n")
 
 
 def prepare_pairs(

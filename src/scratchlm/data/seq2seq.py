@@ -15,12 +15,14 @@ is first made one line (`clean`), as `prepare` does.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.fileio import atomic_file
 from scratchlm.tokenizers import Tokenizer
 
 IGNORE_INDEX = -100  # labels at padding: ignored by cross_entropy
@@ -29,6 +31,13 @@ IGNORE_INDEX = -100  # labels at padding: ignored by cross_entropy
 def clean(text: str) -> str:
     """One line: runs of whitespace (tabs and newlines included) become one space."""
     return " ".join(text.split())
+
+
+def write_tsv(path: Path, pairs: Iterable[tuple[str, str]]) -> None:
+    """Pairs as a TSV file (source<TAB>target a line, each side cleaned), written atomically."""
+    with atomic_file(path) as f:
+        for src, tgt in pairs:
+            f.write(f"{clean(src)}\t{clean(tgt)}\n")
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
