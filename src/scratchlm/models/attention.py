@@ -9,13 +9,41 @@ with padding (encoder self-attention, cross-attention). `RNNAttention` is the ad
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.models.cache import KVCache
+
+_captured: list[list[torch.Tensor]] = []  # the open capture_attention() lists, innermost last
+
+
+@contextlib.contextmanager
+def capture_attention() -> Iterator[list[torch.Tensor]]:
+    """Within it, every `causal_attention` call (one a layer, in order) also appends its
+    attention weights (B, nh, T, S) to the yielded list, for plots (`scratchlm attention` on a
+    decoder-only model). They are computed explicitly, as SDPA does not return them; the
+    output is unchanged."""
+    weights: list[torch.Tensor] = []
+    _captured.append(weights)
+    try:
+        yield weights
+    finally:
+        _captured.remove(weights)
+
+
+def _record(q: torch.Tensor, k: torch.Tensor, past: int) -> None:
+    """Append softmax(q k^T / sqrt(hd)) with query i seeing keys 0 .. past+i."""
+    rep = q.shape[1] // k.shape[1]  # GQA: each kv head serves `rep` query heads
+    k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    t, s = scores.shape[-2:]
+    causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    _captured[-1].append(scores.masked_fill(~causal, float("-inf")).softmax(-1))
 
 
 def causal_attention(
@@ -35,6 +63,8 @@ def causal_attention(
         past = cache.length
         padded = cache.attention_mask(t)  # (B, 1, T, past+T) with left-padded rows, else None
         k, v = cache.update(layer, k, v)  # (B, n_kv, past+T, hd)
+    if _captured and padded is None:
+        _record(q, k, past)
     # GQA: each kv head serves n_head // n_kv query heads; SDPA broadcasts without copying.
     gqa = k.shape[1] != q.shape[1]
     if padded is not None:
