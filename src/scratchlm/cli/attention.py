@@ -102,7 +102,7 @@ def _decoder_only(args: argparse.Namespace, model, tok, text: str) -> int:
     layer = args.layer if (args.layer is not None or not args.grid) else -1
     path = plot_attention(weights, [label(i) for i in seq[:-1]], [label(i) for i in out], args.out,
                           title=f"{_cut(text)} -> {_cut(tok.decode(out))}", layer=layer,
-                          head=args.head, grid=args.grid)
+                          head=args.head, grid=args.grid, keys_label="prompt + output")
     print(f"continuation: {tok.decode(out)}")
     print(f"wrote {path}")
     return 0

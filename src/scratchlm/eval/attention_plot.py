@@ -107,7 +107,7 @@ def _label(token: str) -> str:
 def plot_attention(
     weights: Any, src_tokens: list[str], tgt_tokens: list[str], out: str | Path, *,
     title: str | None = None, layer: int | None = None, head: int | None = None,
-    grid: bool = False,
+    grid: bool = False, keys_label: str = "source",
 ) -> Path:
     """Draw attention `weights` as a heatmap and write it to `out` (PNG, or the suffix's format).
 
@@ -115,6 +115,7 @@ def plot_attention(
         T = len(tgt_tokens) generated tokens and S = len(src_tokens) source tokens.
     layer, head: pick one (negative counts from the end); None averages over that dimension.
     grid: one small panel per head of one layer instead of a single map.
+    keys_label: the x axis ("source"; "prompt + output" for a decoder's self-attention).
     """
     import matplotlib
 
@@ -182,7 +183,7 @@ def _draw(fig, axes, maps: np.ndarray, src_tokens: list[str], tgt_tokens: list[s
         if i % ncols == 0:
             ax.set_ylabel("generated")
         if i + ncols >= n_panels:  # bottom panel of its column
-            ax.set_xlabel("source")
+            ax.set_xlabel(keys_label)
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     if title:  # wrapped to the figure's width (about 9 characters per inch of 10-point text)
         import textwrap
