@@ -153,7 +153,8 @@ def plot_attention(
         try:
             if fmt not in fig.canvas.get_supported_filetypes():
                 raise ScratchLMError(f"cannot write a .{fmt} image; use a .png, .pdf or .svg path")
-            _draw(fig, axes, maps, src_tokens, tgt_tokens, grid=grid, title=title)
+            _draw(fig, axes, maps, src_tokens, tgt_tokens, grid=grid, title=title,
+                  keys_label=keys_label)
             with atomic_file(out, mode="wb") as f:
                 fig.savefig(f, format=fmt, bbox_inches="tight")
         finally:
@@ -162,7 +163,7 @@ def plot_attention(
 
 
 def _draw(fig, axes, maps: np.ndarray, src_tokens: list[str], tgt_tokens: list[str], *,
-          grid: bool, title: str | None) -> None:
+          grid: bool, title: str | None, keys_label: str) -> None:
     """One heatmap per panel of `axes` (nrows, ncols) from `maps` (P, T, S), one colour scale."""
     n_panels, T, S = maps.shape
     nrows, ncols = axes.shape
