@@ -166,6 +166,20 @@ class Row:
             self.on_text(text)
 
 
+def rows_for(
+    model: torch.nn.Module, input_ids: torch.Tensor, *, config: GenerationConfig, eos_id: int | None,
+    left_pad: torch.Tensor | None = None, tokenizer: Tokenizer | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[Row]:
+    """One Row per prompt of `input_ids` (B, T), its left padding left out; with a tokenizer,
+    each streams its text to on_text(row, text)."""
+    pads = [0] * input_ids.shape[0] if left_pad is None else left_pad.tolist()
+    return [Row(ids[p:], config=config, eos_id=eos_id, vocab_size=model.config.vocab_size,
+                device=input_ids.device, tokenizer=tokenizer,
+                on_text=None if on_text is None else (lambda text, i=i: on_text(i, text)))
+            for i, (ids, p) in enumerate(zip(input_ids.tolist(), pads, strict=True))]
+
+
 def pick(logits: torch.Tensor, rows: list[Row], *, config: GenerationConfig,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """The next token of each of `rows` (which share `config`) from their (R, V) logits:
@@ -203,9 +217,7 @@ def generate_tokens(
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
     if rows is None:
-        pads = [0] * B if left_pad is None else left_pad.tolist()
-        rows = [Row(ids[p:], config=config, eos_id=eos_id, vocab_size=model.config.vocab_size,
-                    device=device) for ids, p in zip(input_ids.tolist(), pads, strict=True)]
+        rows = rows_for(model, input_ids, config=config, eos_id=eos_id, left_pad=left_pad)
     cache = init_cache(model, batch_size=B, max_len=T + n_new, memory=memory)
     if left_pad is not None:
         if not getattr(model, "supports_left_padding", False):
@@ -215,8 +227,9 @@ def generate_tokens(
     logits, cache = model(input_ids, cache=cache, logits_to_keep=1)  # prefill: (B, 1, V)
     logits = logits[:, -1]
     for i in range(n_new):
-        ended = torch.tensor([r.done for r in rows], device=device)  # (B,)
-        tok = pick(logits, rows, config=config, generator=generator).masked_fill(ended, pad_id)  # (B,)
+        tok = pick(logits, rows, config=config, generator=generator)  # (B,)
+        if any(r.done for r in rows):  # an ended row yields pad_id
+            tok = tok.masked_fill(torch.tensor([r.done for r in rows], device=device), pad_id)
         for r, t in zip(rows, tok.tolist(), strict=True):
             if not r.done:
                 r.accept(t)
@@ -380,11 +393,8 @@ def _decode_rows(
     *, left_pad: torch.Tensor | None = None, on_text: Callable[[int, str], None] | None = None,
 ) -> list[str]:
     """Decode every row to text (`Row` says when a row ends)."""
-    pads = [0] * input_ids.shape[0] if left_pad is None else left_pad.tolist()
-    rows = [Row(ids[p:], config=config, eos_id=tokenizer.eos_id, vocab_size=model.config.vocab_size,
-                device=input_ids.device, tokenizer=tokenizer,
-                on_text=None if on_text is None else (lambda text, i=i: on_text(i, text)))
-            for i, (ids, p) in enumerate(zip(input_ids.tolist(), pads, strict=True))]
+    rows = rows_for(model, input_ids, config=config, eos_id=tokenizer.eos_id, left_pad=left_pad,
+                    tokenizer=tokenizer, on_text=on_text)
     for _ in generate_tokens(model, input_ids, config=config, eos_id=tokenizer.eos_id,
                              pad_id=tokenizer.pad_id, left_pad=left_pad, rows=rows):
         pass
