@@ -91,8 +91,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    if args.num_beams < 1:
-        raise ScratchLMError(f"--num-beams must be at least 1 (1: no beam search), got {args.num_beams}")
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,
