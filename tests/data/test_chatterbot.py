@@ -38,10 +38,10 @@ def test_build_writes_fixed_splits(tmp_path):
     many += "".join(f"- - question 7\n  - another answer {i}\n" for i in range(3))
     counts = build({"a.yml": YAML, "b.yml": many}, tmp_path / "out")
     rows = {s: [json.loads(x) for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()]
-            for s in ("train", "valid", "test")}
+            for s in ("train", "val", "test")}
     assert {s: len(r) for s, r in rows.items()} == counts
     assert sum(counts.values()) == 3 + 403
-    assert 5 <= counts["valid"] <= 40 and 5 <= counts["test"] <= 40  # ~5% each
+    assert 5 <= counts["val"] <= 40 and 5 <= counts["test"] <= 40  # ~5% each
     # the same question is always in the same split, and the split is a pure function
     where = {s for s, r in rows.items() for c in r if c["messages"][0]["content"] == "question 7"}
     assert len(where) == 1

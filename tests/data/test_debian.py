@@ -52,16 +52,16 @@ def _translation(n: int) -> str:
 
 def test_builds_fixed_splits_from_files_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "TEST_SIZE", 5)
-    monkeypatch.setattr(debian, "VALID_SIZE", 5)
+    monkeypatch.setattr(debian, "VAL_SIZE", 5)
     lists = tmp_path / "cache" / "debian-descriptions" / "lists"
     lists.mkdir(parents=True)
     (lists / "x_main_i18n_Translation-en.gz").write_bytes(gzip.compress(_translation(40).encode()))
     (lists / "x_contrib_i18n_Translation-en").write_text(_translation(5), encoding="utf-8")  # duplicates
     assert "debian-descriptions" in DATASETS
     used = get_dataset("debian-descriptions", out=tmp_path / "a", cache=tmp_path / "cache", offline=True)
-    assert "40 pairs (30 train, 5 valid, 5 test)" in used
+    assert "40 pairs (30 train, 5 val, 5 test)" in used
     get_dataset("debian-descriptions", out=tmp_path / "b", cache=tmp_path / "cache", offline=True)
-    splits = {s: read_pairs(tmp_path / "a" / f"{s}.tsv").pairs for s in ("train", "valid", "test")}
+    splits = {s: read_pairs(tmp_path / "a" / f"{s}.tsv").pairs for s in ("train", "val", "test")}
     assert (tmp_path / "a" / "test.tsv").read_text() == (tmp_path / "b" / "test.tsv").read_text()
     assert not {d for d, _ in splits["test"]} & {d for d, _ in splits["train"]}
     assert all(s.startswith("synopsis ") for p in splits.values() for _, s in p)

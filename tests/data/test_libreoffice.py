@@ -73,11 +73,11 @@ def test_align_filters_and_dedups(tmp_path):
 def test_split_is_fixed_and_keeps_sources_together():
     pairs = [(f"source sentence number {i}", f"cible {i}") for i in range(50)]
     pairs += [("source sentence number 7", "autre cible 7")]
-    a = lo.split_pairs(pairs, test_size=5, valid_size=5)
-    b = lo.split_pairs(list(reversed(pairs)), test_size=5, valid_size=5)
+    a = lo.split_pairs(pairs, test_size=5, val_size=5)
+    b = lo.split_pairs(list(reversed(pairs)), test_size=5, val_size=5)
     assert {k: sorted(v) for k, v in a.items()} == {k: sorted(v) for k, v in b.items()}
     assert sum(map(len, a.values())) == 51
-    assert len({s for s, _ in a["test"]}) == 5 and len({s for s, _ in a["valid"]}) == 5
+    assert len({s for s, _ in a["test"]}) == 5 and len({s for s, _ in a["val"]}) == 5
     where = {k for k, v in a.items() for s, _ in v if s == "source sentence number 7"}
     assert len(where) == 1
 
@@ -109,11 +109,11 @@ def test_get_libreoffice_end_to_end(tmp_path, monkeypatch):
                                                             **(many_en if lang == "en-us" else many_fr)})
     monkeypatch.setattr(lo, "deb_version", lambda deb: "1:7.4-test")
     monkeypatch.setattr(lo, "TEST_SIZE", 5)
-    monkeypatch.setattr(lo, "VALID_SIZE", 4)
+    monkeypatch.setattr(lo, "VAL_SIZE", 4)
     used = lo.get_libreoffice("libreoffice-en-fr", tmp_path / "out", cache=tmp_path / "cache")
     assert "43 pairs" in used
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["counts"] == {"train": 34, "valid": 4, "test": 5}
+    assert meta["counts"] == {"train": 34, "val": 4, "test": 5}
     assert meta["packages"] == {"libreoffice-help-en-us": "1:7.4-test", "libreoffice-help-fr": "1:7.4-test"}
     rows = [line.split("\t") for line in (tmp_path / "out" / "train.tsv").read_text().splitlines()]
     assert all(len(r) == 2 for r in rows) and len(rows) == 34

@@ -99,17 +99,17 @@ def test_held_out_valid_split_is_fixed(tmp_path):
     (tmp_path / "p.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
     a = load_splits(tmp_path / "p.tsv", valid_fraction=0.2)
     b = load_splits(tmp_path / "p.tsv", valid_fraction=0.2)
-    assert a["valid"].pairs == b["valid"].pairs and a["train"].pairs == b["train"].pairs
+    assert a["val"].pairs == b["val"].pairs and a["train"].pairs == b["train"].pairs
     train_src = {s for s, _ in a["train"].pairs}
-    assert not train_src & {s for s, _ in a["valid"].pairs}  # a source never straddles splits
-    assert sorted(a["train"].pairs + a["valid"].pairs) == sorted(pairs)
+    assert not train_src & {s for s, _ in a["val"].pairs}  # a source never straddles splits
+    assert sorted(a["train"].pairs + a["val"].pairs) == sorted(pairs)
 
 
 def test_dataset_directory_and_missing_train(tmp_path):
     (tmp_path / "train.tsv").write_text("a\tb\nc\td\n", encoding="utf-8")
     (tmp_path / "dev.jsonl").write_text('{"src": "e", "tgt": "f"}\n', encoding="utf-8")
     s = load_splits(tmp_path)
-    assert s["train"].pairs == [("a", "b"), ("c", "d")] and s["valid"].pairs == [("e", "f")]
+    assert s["train"].pairs == [("a", "b"), ("c", "d")] and s["val"].pairs == [("e", "f")]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScratchLMError, match="holds no train.tsv or train.jsonl"):
         load_splits(tmp_path / "empty")
@@ -121,9 +121,11 @@ def test_round_trip(pair_dir):
     data = PairData(out)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "pairs" and meta["dtype"] == "uint16"
-    assert {s: data.num_pairs(s) for s in ("train", "valid", "test")} == {"train": 240, "valid": 30, "test": 30}
+    assert {s: data.num_pairs(s) for s in ("train", "val", "test")} == {"train": 240, "val": 30, "test": 30}
+    assert data.num_pairs("valid") == data.num_pairs("validation") == 30  # the input's name for val
+    assert (out / "val.src.bin").is_file() and (out / "val.tsv").is_file()
     assert data.num_pairs("val") == 30  # the Trainer's name for the validation split
-    assert data.texts("valid") == pairs[240:270] and data.texts("test") == pairs[270:]
+    assert data.texts("val") == pairs[240:270] and data.texts("test") == pairs[270:]
     assert data.texts("train") == pairs[:240]  # decoded from tokens: nothing was truncated
     tok = data.tokenizer()
     src, tgt = data.ids("test", 4)
@@ -251,8 +253,8 @@ def test_max_len_policies(tmp_path, on_long, capsys):
 
 def test_encode_sources_matches_prepared_batches(pair_dir):
     data = PairData(pair_dir[0])
-    idx, b = next(data.iter_batches("valid", batch_size=5))
-    texts = [data.texts("valid")[i][0] for i in idx]
+    idx, b = next(data.iter_batches("val", batch_size=5))
+    texts = [data.texts("val")[i][0] for i in idx]
     enc = collate(encode_sources(data.tokenizer(), texts), tokenizer=data.tokenizer())
     assert enc["src_ids"].equal(b["src_ids"]) and enc["src_mask"].equal(b["src_mask"])
 
@@ -264,6 +266,26 @@ def test_existing_tokenizer_and_errors(pair_dir, tmp_path):
     assert meta["vocab_size"] == PairData(out).vocab_size
     with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer or model directory"):
         prepare_pairs({"train": pairs}, out=tmp_path / "e", tokenizer="nope", show_progress=False)
-    with pytest.raises(ScratchLMError, match="the valid split is empty"):
+    with pytest.raises(ScratchLMError, match="the val split is empty"):
         prepare_pairs({"train": pairs, "valid": []}, out=tmp_path / "e", show_progress=False)
     assert not (tmp_path / "e").exists()
+
+
+def test_a_directory_prepared_with_valid_split_names_still_loads(pair_dir, tmp_path):
+    """Before one split naming, prepare wrote valid.* files and a "valid" key in meta.json."""
+    import shutil
+
+    out, pairs = pair_dir
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for f in old.glob("val.*"):
+        f.rename(old / f.name.replace("val.", "valid.", 1))
+    meta = json.loads((old / "meta.json").read_text())
+    meta["splits"] = {("valid" if k == "val" else k): v for k, v in meta["splits"].items()}
+    (old / "meta.json").write_text(json.dumps(meta))
+    data = PairData(old)
+    assert data.splits == ["train", "val", "test"]
+    assert data.texts("val") == pairs[240:270] and data.num_pairs("valid") == 30
+    assert data.max_len("val") == PairData(out).max_len("val")
+    with pytest.raises(ScratchLMError, match="has no 'dev2' split"):
+        data.num_pairs("dev2")

@@ -126,7 +126,7 @@ def test_hf_datasets_directory(tmp_path, tok):
     datasets.DatasetDict({"train": pairs, "validation": pairs.select([0])}).save_to_disk(str(tmp_path / "p"))
     splits = load_splits(tmp_path / "p", src_field="en", tgt_field="fr")
     assert splits["train"].pairs == [("one", "un"), ("two", "deux"), ("three", "trois")]
-    assert splits["valid"].pairs == [("one", "un")]
+    assert splits["val"].pairs == [("one", "un")]
 
 
 @pytest.mark.parametrize("content, needle", [

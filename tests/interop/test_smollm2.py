@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import scratchlm
+from recipes.tools import smollm2_gguf as fetch_smollm2_gguf
 from scratchlm.errors import ScratchLMError
-from scratchlm.interop.gguf import fetch_smollm2_gguf
 from scratchlm.modeldir import save_model_dir
 
 transformers = pytest.importorskip("transformers")

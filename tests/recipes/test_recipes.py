@@ -238,10 +238,10 @@ def test_tools_sft_pairs_lead_and_answers_on_a_tiny_model(tmp_path, capsys):
     data = tmp_path / "d"
     data.mkdir()
     (data / "test.tsv").write_text("A tool. It does things.\ta tool\nB lib. More.\tb lib\nC.\tc\n")
-    for split in ("train", "valid"):
+    for split in ("train", "val"):
         (data / f"{split}.tsv").write_text("X is y.\tx\n")
     assert tools.main(["sft-pairs", str(data), "--out", str(tmp_path / "sft"), "--train", "5"]) == 0
-    assert "1 train, 1 valid and 3 test" in capsys.readouterr().out
+    assert "1 train, 1 val and 3 test" in capsys.readouterr().out
     test = [json.loads(x) for x in (tmp_path / "sft" / "test.jsonl").read_text().splitlines()]
     assert test[1] == {"prompt": summary_prompt("B lib. More."), "completion": " b lib"}
     chats = [json.loads(x) for x in (tmp_path / "sft" / "test-chat.jsonl").read_text().splitlines()]

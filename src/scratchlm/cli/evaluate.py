@@ -33,6 +33,7 @@ from pathlib import Path
 from scratchlm.cli.generate import add_precision_arguments, load_for_inference
 from scratchlm.data.pairs import PairData, is_pairs_dir, load_splits, read_pairs
 from scratchlm.data.pretrain import TokenData
+from scratchlm.data.splits import check_split
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.completion import check_fit, completion_loss, read_items, score_completions
 from scratchlm.eval.perplexity import evaluate_lm
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ".jsonl/.json file of prompt -> reference records (decoder-only)")
     p.add_argument("--split", default=None,
                    help="split to score (language models: val [default] or train; pairs: test "
-                        "[default], valid or train)")
+                        "[default], val or train; valid, validation and dev name val)")
     p.add_argument("--metric", action="append", choices=(*METRICS, "loglik"),
                    help="repeatable; seq2seq default: bleu and chrf; language models: ppl; "
                         "loglik: log-likelihoods of text / context+continuation records")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise ScratchLMError(f"{args.data} holds parallel pairs, but {args.model_dir} is a decoder-only "
                              "language model; evaluate it on a text data directory")
     data = TokenData(args.data)
-    split = args.split or "val"
+    split = check_split(args.split or "val", list(data.splits), args.data)
     r = evaluate_lm(model, tokenizer, data, split=split, max_tokens=args.max_tokens,
                     show_progress=True)
     if args.json:
@@ -116,9 +117,7 @@ def _load_pairs(path: str, split: str) -> tuple[list[tuple[str, str]], str | Non
         return data.texts(split), data.meta.get("tgt_lang")
     if is_pairs_dir(p):
         splits = load_splits(p)
-        if split not in splits:
-            raise ScratchLMError(f"{p} has no {split} split (it has {', '.join(splits)})")
-        return splits[split].pairs, None
+        return splits[check_split(split, list(splits), str(p))].pairs, None
     raise ScratchLMError(f"{p} is not a pairs file or directory (prepare one with `scratchlm prepare`)")
 
 

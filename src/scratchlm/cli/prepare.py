@@ -3,7 +3,7 @@ Text: `scratchlm prepare INPUT... --out DATA_DIR [--tokenizer char|bpe|DIR|token
 INPUT is text, .jsonl/.json/.parquet/.csv/.tsv/.arrow (the document in `--text-field`), a
 datasets directory, compressed or not, a directory or a glob (docs/data.md); `--on-bad skip`
 skips malformed rows instead of stopping at the first.
-Pairs: a dataset directory holding train.tsv, valid.tsv and test.tsv (found by itself), a .tsv
+Pairs: a dataset directory holding train.tsv, val.tsv (or valid.tsv) and test.tsv (found by itself), a .tsv
 or .jsonl file with `--format pairs`, or `--src-file A --tgt-file B`; add `--max-len N`
 and `--on-long truncate|skip|refuse` to bound sentence length.
 """
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a tokenizer/model directory, a tokenizer.json or a GGUF file")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a new bpe tokenizer")
     p.add_argument("--val-fraction", "--valid-fraction", dest="val_fraction", type=float,
-                   default=0.1, help="held out for validation (pairs: only without a valid split)")
+                   default=0.1, help="held out for validation (pairs: only without a val split)")
     p.add_argument("--max-len", type=int, default=256,
                    help="pairs: most tokens a side may have, <|eos|> included")
     p.add_argument("--on-long", choices=LONG_POLICIES, default="truncate",

