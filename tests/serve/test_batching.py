@@ -285,3 +285,35 @@ def test_sampled_logprobs_equal_teacher_forced_scores_whatever_the_batch(family,
         teacher = score_ids(model, [whole], [len(job.prompt)], top_k=2)[0]
         assert [lp for _, lp, _ in record] == pytest.approx(teacher.token_logprobs, abs=1e-4)
         assert [[i for i, _ in top] for _, _, top in record] == [[i for i, _ in t] for t in teacher.top]
+
+
+def test_text_events_carry_the_logprobs_of_their_tokens(tokenizer):
+    """What a streamed response's logprobs come from: each "text" event brings the tokens
+    sampled since the previous one (a token whose text is held back for a stop string comes
+    later); joined, and with the finish list's rest, they are the finish list."""
+    from dataclasses import replace
+
+    tok = tokenizer
+    model = tiny_model("gpt", vocab_size=tok.vocab_size, block_size=256, init_std=0.1).eval()
+    engine = Engine(model, tok)
+    greedy = GenerationConfig(max_new_tokens=16, temperature=0, ignore_eos=True)
+    text = streamed(model, tok, "KING:", greedy)
+    stop = text[6:8]
+    for cfg in (greedy, replace(greedy, stop=[stop])):
+        events = []
+        engine.submit(Job(config=cfg, emit=events.append, prompt=tok.encode("KING:"), logprobs=1))
+        run(engine)
+        *texts, finish = events
+        assert finish.kind == "finish" and all(e.kind == "text" for e in texts)
+        sent = [x for e in texts for x in e.logprobs]
+        assert sent == finish.logprobs[: len(sent)]
+        if cfg is greedy:  # one token a step, its text with it (a char tokenizer)
+            assert [tok.decode([t for t, _, _ in e.logprobs]) for e in texts] == [e.text for e in texts]
+            assert len(sent) == 16 and "".join(e.text for e in texts) == text
+        else:  # the stop string's two tokens were held back, then cut: only in the finish list
+            assert "".join(e.text for e in texts) == text[: text.index(stop)]
+            assert len(finish.logprobs) - len(sent) == 2 and finish.finish_reason == "stop"
+    events = []
+    engine.submit(Job(config=greedy, emit=events.append, prompt=tok.encode("KING:")))
+    run(engine)
+    assert all(e.logprobs is None for e in events)

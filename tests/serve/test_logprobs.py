@@ -117,3 +117,95 @@ def test_token_bytes_rebuild_the_text_where_tokens_split_characters():
         assert any(s.startswith("bytes:\\x") for s in texts)  # a piece of 我
         assert all(s == token_bytes(tok, t).decode() for s, t in zip(texts, ids, strict=True)
                    if not s.startswith("bytes:"))
+
+
+# ----------------------------------------------------------------------------- streamed
+LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+def joined_completion(chunks, choices: int) -> list[tuple[str, dict, str | None]]:
+    """Per choice: its chunks' text, their logprobs lists joined, its finish_reason."""
+    text, lists, reasons = [""] * choices, [{k: [] for k in LISTS} for _ in range(choices)], [None] * choices
+    for c in chunks:
+        for ch in c.choices:
+            text[ch.index] += ch.text
+            reasons[ch.index] = ch.finish_reason or reasons[ch.index]
+            for k in LISTS:
+                lists[ch.index][k] += getattr(ch.logprobs, k)  # every chunk carries its lists
+    return list(zip(text, lists, reasons, strict=True))
+
+
+def assert_same_lists(got: dict, whole) -> None:
+    assert got["tokens"] == whole.tokens and got["text_offset"] == whole.text_offset
+    assert [x is None for x in got["token_logprobs"]] == [x is None for x in whole.token_logprobs]
+    assert ([x for x in got["token_logprobs"] if x is not None]
+            == pytest.approx([x for x in whole.token_logprobs if x is not None], abs=1e-5))
+    assert len(got["top_logprobs"]) == len(whole.top_logprobs)
+    for a, b in zip(got["top_logprobs"], whole.top_logprobs, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.keys() == b.keys() and list(a.values()) == pytest.approx(list(b.values()), abs=1e-5)
+
+
+@pytest.mark.parametrize("extra", [
+    {"max_tokens": 14, "extra_body": {"ignore_eos": True}},
+    {"max_tokens": 20, "stop": "STOP"},  # a stop string from the greedy text (below)
+    {"max_tokens": 6, "echo": True, "prompt": ["KING:", "我喜欢"]},  # the prompts come first
+    {"max_tokens": 0, "echo": True},  # the prompt's log-probabilities only
+], ids=["plain", "stop", "echo", "echo-score-only"])
+def test_streamed_completion_logprobs_join_to_the_whole_ones(client, extra):
+    kw = {"model": NAME, "prompt": "HAMLET: To be", "temperature": 0, "logprobs": 2, "n": 2, **extra}
+    if kw.get("stop") == "STOP":  # held back while it may be the stop string, then cut off
+        greedy = client.completions.create(**{**kw, "stop": None}).choices[0].text
+        kw["stop"] = greedy[4:6]
+    whole = client.completions.create(**kw)
+    chunks = list(client.completions.create(**kw, stream=True))
+    got = joined_completion(chunks, len(whole.choices))
+    for (text, lists, reason), choice in zip(got, whole.choices, strict=True):
+        assert text == choice.text and reason == choice.finish_reason
+        assert_same_lists(lists, choice.logprobs)
+    if "stop" in kw:  # the stop string's tokens are listed, its text is not
+        assert whole.choices[0].finish_reason == "stop"
+        assert len(got[0][1]["tokens"]) == len(got[0][0]) + 2
+    if "extra_body" in kw:
+        assert len(got[0][1]["tokens"]) == 14
+    before = {}  # each chunk's tokens are its text (a char tokenizer), at its offset
+    for c in chunks:
+        ch = c.choices[0]
+        if ch.text and "stop" not in kw:
+            assert "".join(ch.logprobs.tokens) == ch.text
+            assert ch.logprobs.text_offset[0] == len(before.get(ch.index, ""))
+        before[ch.index] = before.get(ch.index, "") + ch.text
+    if kw.get("echo"):
+        prompts = kw["prompt"] if isinstance(kw["prompt"], list) else [kw["prompt"]]
+        firsts = {}
+        for c in chunks:
+            firsts.setdefault(c.choices[0].index, c.choices[0])
+        for i, first in firsts.items():  # each choice's first chunk is its prompt, scored
+            assert first.text == prompts[i // 2] and first.logprobs.token_logprobs[0] is None
+
+
+def test_streamed_chat_logprobs_join_to_the_whole_ones(client):
+    kw = {"model": NAME, "messages": [{"role": "user", "content": "Who art thou?"}],
+          "max_tokens": 12, "temperature": 0, "logprobs": True, "top_logprobs": 3, "n": 2}
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    for choice in whole.choices:
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == choice.index]
+        content = [e for ch in mine if ch.logprobs is not None for e in ch.logprobs.content]
+        want = choice.logprobs.content
+        assert "".join(ch.delta.content or "" for ch in mine) == choice.message.content
+        assert [e.token for e in content] == [e.token for e in want]
+        assert [e.bytes for e in content] == [e.bytes for e in want]
+        assert [e.logprob for e in content] == pytest.approx([e.logprob for e in want], abs=1e-5)
+        for a, b in zip(content, want, strict=True):
+            assert [t.token for t in a.top_logprobs] == [t.token for t in b.top_logprobs]
+            assert len(a.top_logprobs) == 3
+        assert mine[0].logprobs is None and mine[-1].finish_reason == choice.finish_reason
+        # A chunk's tokens are its text (a char tokenizer: no held-back pieces without a stop).
+        for ch in mine:
+            if ch.logprobs is not None and ch.delta.content:
+                assert "".join(e.token for e in ch.logprobs.content) == ch.delta.content
+    off = list(client.chat.completions.create(**{**kw, "logprobs": None, "top_logprobs": None},
+                                              stream=True))
+    assert all(c.choices[0].logprobs is None for c in off)

@@ -13,7 +13,7 @@
 Requests and responses follow the OpenAI API: `max_tokens`, `temperature`, `top_p`, `n`,
 `stop`, `seed`, `stream` (server-sent events ending in `data: [DONE]`, with
 `stream_options.include_usage`), `usage` counts; plus vLLM's extra `top_k`, `min_p`,
-`repetition_penalty` and `ignore_eos`. Log-probabilities (not streamed): `logprobs` (0-20
+`repetition_penalty` and `ignore_eos`. Log-probabilities, streamed or not: `logprobs` (0-20
 alternatives) and `echo` for completions, `max_tokens: 0` scoring the prompt only (what
 lm-eval's `local-completions` sends); `logprobs` + `top_logprobs` for chat. They are the
 model's own (before temperature and the other filters), computed by eval/score.py for a
@@ -52,7 +52,7 @@ from scratchlm.generate.decode import GenerationConfig, max_new_tokens_for
 from scratchlm.generate.translate import LengthLimit
 from scratchlm.serve.batching import Busy, Engine, Event, Job
 from scratchlm.serve.guard import MAX_JSON_DEPTH, Guard, error_body, host_names, is_json, json_depth
-from scratchlm.serve.logprobs import chat_logprobs, completion_logprobs
+from scratchlm.serve.logprobs import chat_logprobs, completion_logprobs, sampled_logprobs
 from scratchlm.tokenizers import Tokenizer
 from scratchlm.tokenizers.chat import chat_prompt
 
@@ -188,9 +188,6 @@ def _logprob_options(d: dict, *, chat: bool) -> tuple[int | None, bool]:
         echo = d.get("echo", False)
         if echo is not None and not isinstance(echo, bool):
             raise ApiError(400, "'echo' must be true or false", param="echo")
-    if (k is not None or echo) and d.get("stream"):
-        raise ApiError(400, "'logprobs' and 'echo' are not supported with 'stream': true",
-                       param="logprobs" if k is not None else "echo")
     return k, bool(echo)
 
 
@@ -233,6 +230,14 @@ class _Server:
         if scheme.lower() != "bearer" or not ok:
             raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
+
+    async def read_request(self, request: Request, *, chat: bool) -> tuple[dict, int | None, bool]:
+        """A (chat) completion request, authorized, read and its arguments checked:
+        (body, logprobs k or None, echo)."""
+        self.authorize(request)
+        d = await self.read_json(request)
+        _check_arguments(d, CHAT_ARGS if chat else COMPLETION_ARGS)
+        return d, *_logprob_options(d, chat=chat)
 
     async def read_json(self, request: Request) -> dict:
         if self.cfg.api_key is None and not is_json(request.headers.get("content-type")):
@@ -432,28 +437,63 @@ class _Server:
                     self.engine.cancel(job)
         return [("".join(t), r, lp) for t, r, lp in zip(texts, reasons, logprobs, strict=True)], tokens
 
-    async def stream(self, jobs: list[Job], queue: asyncio.Queue, *, chat: bool, rid: str,
-                     prompt_tokens: int, include_usage: bool):
-        """Server-sent events: one chunk per piece of text, one per finished choice, the usage
-        (if asked) and `data: [DONE]`. Leaving early (client gone) cancels the jobs."""
-        n = jobs[0].n
+    async def stream(self, jobs: list[Job], queue: asyncio.Queue, *, chat: bool, rid: str, n: int,
+                     choices: int, prompt_tokens: int, include_usage: bool, k: int | None = None,
+                     echoes: list | None = None):
+        """Server-sent events: a completion's echoed prompts first (`echoes`: (text or None,
+        ids, Score) a prompt), then one chunk per piece of text, carrying (with `k`) the
+        log-probabilities of the tokens sampled since the choice's previous chunk; one per
+        finished choice, the usage (if asked) and `data: [DONE]`. Without jobs (max_tokens
+        0) every choice ends after its prompt. Leaving early (client gone) cancels the jobs."""
         base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.cfg.model_name}
 
-        def chunk(i: int, text: str | None, reason: str | None = None, role: bool = False) -> str:
+        def chunk(i: int, text: str | None, reason: str | None = None, role: bool = False,
+                  logprobs: dict | None = None) -> str:
             if chat:
                 delta = ({"role": "assistant", "content": ""} if role
                          else {} if text is None else {"content": text})
-                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
+                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
             else:
-                choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+                choice = {"index": i, "text": text or "", "logprobs": logprobs,
+                          "finish_reason": reason}
             return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
 
-        left, tokens = len(jobs) * n, 0
+        text: dict[int, str] = {}  # a choice's text not sent yet
+        pending: dict[int, list] = {}  # (token, logprob, top) not sent yet
+        received = [0] * choices  # (token, logprob, top) that came with "text" events
+        sent: list[list[int]] = [[] for _ in range(choices)]  # the tokens sent (offsets)
+        offset = [0] * choices  # characters before the first sampled token (an echoed prompt)
+
+        def listed(i: int, entries: list) -> dict:  # a completion chunk's logprobs lists
+            lists = sampled_logprobs(self.tok, entries, before=sent[i], base=offset[i])
+            sent[i] += [t for t, _, _ in entries]
+            return lists
+
+        def piece(i: int) -> str | None:
+            """Choice i's chunk of pending text and log-probabilities, if there is any."""
+            t, entries = text.pop(i, None), pending.pop(i, [])
+            if k is None or (chat and t is None and all(e[0] == self.tok.eos_id for e in entries)):
+                return None if t is None else chunk(i, t)
+            if not chat and t is None and not entries:
+                return None
+            return chunk(i, t or "", logprobs=chat_logprobs(self.tok, entries) if chat
+                         else listed(i, entries))
+
+        def ended(i: int, reason: str | None) -> str:
+            return chunk(i, None, reason, logprobs=None if chat or k is None else listed(i, []))
+
+        left, tokens = (choices if jobs else 0), 0
         try:
-            if chat:
-                for i in range(left):
-                    yield chunk(i, None, role=True)
+            first = [chunk(i, None, role=True) for i in range(choices)] if chat else []
+            for i in range(choices if echoes else 0):
+                shown, lists = completion_logprobs(self.tok, "", None, echoed=echoes[i // n])
+                offset[i] = len(shown)
+                first.append(chunk(i, shown, logprobs=lists if k is not None else None))
+            if not jobs:
+                first += [ended(i, "length") for i in range(choices)]
+            if first:
+                yield "".join(first)
             failed = False
             while left and not failed:
                 # Everything that is ready goes out in one write, a choice's consecutive
@@ -463,22 +503,26 @@ class _Server:
                 while not queue.empty():
                     events.append(queue.get_nowait())
                 out: list[str] = []
-                text: dict[int, str] = {}
-                for k, ev in events:
-                    i = k * n + ev.row
+                for j, ev in events:
+                    i = j * n + ev.row
                     if ev.kind == "text":
                         text[i] = text.get(i, "") + ev.text
+                        if k is not None:
+                            pending.setdefault(i, []).extend(ev.logprobs or [])
+                            received[i] += len(ev.logprobs or [])
                         continue
-                    if i in text:
-                        out.append(chunk(i, text.pop(i)))
+                    if ev.kind == "finish" and k is not None:  # tokens no text came with
+                        pending.setdefault(i, []).extend((ev.logprobs or [])[received[i]:])
+                    if (c := piece(i)) is not None:
+                        out.append(c)
                     if ev.kind == "finish":
                         left, tokens = left - 1, tokens + ev.tokens
-                        out.append(chunk(i, None, ev.finish_reason))
+                        out.append(ended(i, ev.finish_reason))
                     else:
                         out.append(f"data: {json.dumps(error_body(ev.text, type='server_error'))}\n\n")
                         failed = True
                         break
-                out += [chunk(i, t) for i, t in text.items()]
+                out += [c for i in dict.fromkeys([*text, *pending]) if (c := piece(i)) is not None]
                 yield "".join(out)
             if include_usage and not left:
                 usage = _usage(prompt_tokens, tokens)
@@ -563,36 +607,27 @@ def create_app(model: torch.nn.Module, tokenizer: Tokenizer, config: ServerConfi
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        srv.authorize(request)
-        d = await srv.read_json(request)
-        _check_arguments(d, COMPLETION_ARGS)
-        k, echo = _logprob_options(d, chat=False)
+        d, k, echo = await srv.read_request(request, chat=False)
         fields = _sampling(d, config, default_max_tokens=min(16, config.max_tokens),
                            max_rows=engine.max_rows, min_tokens=0 if echo else 1)
         prompts = srv.completion_prompts(d, fields["num_samples"])
-        scored = await srv.score_prompts([ids for _, ids in prompts], k) if echo else None
-        if fields["max_new_tokens"] == 0:  # the prompts' log-probabilities only
-            choices = [("", "length", [] if k is not None else None)
-                       for _ in prompts for _ in range(fields["num_samples"])]
-            return _response(srv, "cmpl-" + secrets.token_hex(12), choices, chat=False, k=k,
-                             prompts=prompts, scored=scored,
-                             usage=_usage(sum(len(ids) for _, ids in prompts), 0))
-        jobs = srv.completion_jobs([ids for _, ids in prompts], fields)
-        for job in jobs:
-            job.logprobs = k
-        prompt_tokens = sum(len(j.prompt) or len(j.source or []) for j in jobs)
-        return await _respond(srv, request, d, jobs, chat=False, prompt_tokens=prompt_tokens,
-                              k=k, prompts=prompts if echo else None, scored=scored)
+        ids = [p for _, p in prompts]
+        scored = await srv.score_prompts(ids, k) if echo else None
+        # max_tokens 0 (with echo): no jobs, the prompts' log-probabilities only
+        jobs = srv.completion_jobs(ids, fields) if fields["max_new_tokens"] else []
+        prompt_tokens = (sum(len(j.prompt) or len(j.source or []) for j in jobs) if jobs
+                         else sum(map(len, ids)))
+        return await _respond(srv, request, d, jobs, chat=False, n=fields["num_samples"],
+                              choices=len(prompts) * fields["num_samples"],
+                              prompt_tokens=prompt_tokens, k=k, prompts=prompts if echo else None,
+                              scored=scored)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        srv.authorize(request)
-        d = await srv.read_json(request)
-        _check_arguments(d, CHAT_ARGS)
-        k, _ = _logprob_options(d, chat=True)
+        d, k, _ = await srv.read_request(request, chat=True)
         job, prompt_tokens = srv.chat_job(d)
-        job.logprobs = k
-        return await _respond(srv, request, d, [job], chat=True, prompt_tokens=prompt_tokens, k=k)
+        return await _respond(srv, request, d, [job], chat=True, n=job.n, choices=job.n,
+                              prompt_tokens=prompt_tokens, k=k)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception):
@@ -622,22 +657,31 @@ def _model_card(srv: _Server) -> dict:
 
 
 async def _respond(srv: _Server, request: Request, d: dict, jobs: list[Job], *, chat: bool,
-                   prompt_tokens: int, k: int | None = None, prompts: list | None = None,
-                   scored: list[Score] | None = None):
+                   n: int, choices: int, prompt_tokens: int, k: int | None = None,
+                   prompts: list | None = None, scored: list[Score] | None = None):
+    """Run the jobs (n choices each; none: max_tokens 0) and answer, streamed or whole;
+    `prompts` and `scored` when a completion echoes its prompts."""
+    for job in jobs:
+        job.logprobs = k
     queue = srv.submit(jobs)
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     if d.get("stream"):
         options = d.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        events = srv.stream(jobs, queue, chat=chat, rid=rid, prompt_tokens=prompt_tokens,
-                            include_usage=include_usage)
+        echoes = None if prompts is None else [(*p, s) for p, s in zip(prompts, scored, strict=True)]
+        events = srv.stream(jobs, queue, chat=chat, rid=rid, n=n, choices=choices,
+                            prompt_tokens=prompt_tokens, include_usage=include_usage, k=k,
+                            echoes=echoes)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    collected = await srv.collect(request, jobs, queue)
-    if collected is None:
-        return Response(status_code=499)  # nobody is listening (nginx's "client closed")
-    choices, tokens = collected
-    return _response(srv, rid, choices, chat=chat, k=k, prompts=prompts, scored=scored,
+    if not jobs:  # the prompts' log-probabilities only
+        results, tokens = [("", "length", [] if k is not None else None)] * choices, 0
+    else:
+        collected = await srv.collect(request, jobs, queue)
+        if collected is None:
+            return Response(status_code=499)  # nobody is listening (nginx's "client closed")
+        results, tokens = collected
+    return _response(srv, rid, results, chat=chat, k=k, prompts=prompts, scored=scored,
                      usage=_usage(prompt_tokens, tokens))
 
 

@@ -68,8 +68,10 @@ class Event:
     finish_reason: str | None = None  # "finish": "stop" (eos or a stop string) or "length"
     tokens: int = 0  # "finish": tokens the row generated (an eos included)
     ids: list[int] = field(default_factory=list)  # "finish": the generated ids (no eos)
-    # "finish", for a job with `logprobs`: (token, logprob, top [(id, logprob)]) for every
-    # sampled token, an <eos> included
+    # For a job with `logprobs`, (token, logprob, top [(id, logprob)]) a sampled token:
+    # "finish": every sampled token, an <eos> included; "text": those sampled since the row's
+    # previous "text" event (a token whose text is held back, e.g. for a stop string, comes
+    # with the text that follows it; the ones no text followed are the finish list's rest)
     logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
 
@@ -104,9 +106,15 @@ class _Row:
                  vocab_size: int, device: torch.device) -> None:
         self.job, self.index, self.fed = job, index, fed
         self.row = Row(seq, config=job.config, eos_id=tokenizer.eos_id, vocab_size=vocab_size,
-                       device=device, tokenizer=tokenizer,
-                       on_text=lambda text: job.emit(Event("text", index, text)))
+                       device=device, tokenizer=tokenizer, on_text=self._text)
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self.sent = 0  # of self.logprobs, those already sent with a "text" event
+
+    def _text(self, text: str) -> None:
+        new = None
+        if self.job.logprobs is not None:
+            new, self.sent = self.logprobs[self.sent :], len(self.logprobs)
+        self.job.emit(Event("text", self.index, text, logprobs=new))
 
     @property
     def seq(self) -> list[int]:

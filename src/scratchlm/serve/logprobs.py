@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 
 from scratchlm.eval.score import Score
 from scratchlm.tokenizers import Tokenizer
@@ -57,11 +58,11 @@ def token_text(tok: Tokenizer, t: int) -> str:
         return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
-def prefix_lengths(tok: Tokenizer, ids: list[int]) -> list[int]:
-    """Characters of text before each token: len(decode(ids[:i])) (decoding pieces one by one
-    would be wrong where a character spans several byte tokens)."""
+def prefix_lengths(tok: Tokenizer, ids: list[int], start: int = 0) -> list[int]:
+    """Characters of text before each token from `start` on: len(decode(ids[:i])) (decoding
+    pieces one by one would be wrong where a character spans several byte tokens)."""
     out: list[int] = []
-    for at in range(0, len(ids), 256):  # bounded memory for long prompts
+    for at in range(start, len(ids), 256):  # bounded memory for long prompts
         prefixes = [ids[:i] for i in range(at, min(at + 256, len(ids)))]
         out += [len(t) for t in tok.hf.decode_batch(prefixes, skip_special_tokens=True)]
     return out
@@ -71,35 +72,41 @@ def _top(tok: Tokenizer, alternatives: list[tuple[int, float]]) -> dict[str, flo
     return {token_text(tok, t): lp for t, lp in alternatives}
 
 
+def sampled_logprobs(tok: Tokenizer, sampled: Sampled, *, before: Sequence[int] = (),
+                     base: int = 0) -> dict:
+    """A completion's `logprobs` lists for `sampled` tokens that follow `before` (the tokens
+    the choice sampled earlier: a streamed chunk's), its text starting at `base` characters
+    (after an echoed prompt). Chunks' lists, joined, are the whole choice's."""
+    ids = [*before, *(t for t, _, _ in sampled)]
+    return {"tokens": [token_text(tok, t) for t, _, _ in sampled],
+            "token_logprobs": [lp for _, lp, _ in sampled],
+            "top_logprobs": [_top(tok, a) for _, _, a in sampled],
+            "text_offset": [base + o for o in prefix_lengths(tok, ids, start=len(before))]}
+
+
 def completion_logprobs(
     tok: Tokenizer, text: str, sampled: Sampled | None, *,
     echoed: tuple[str | None, list[int], Score] | None,
 ) -> tuple[str, dict | None]:
     """(the choice's text, its `logprobs` object): with `echoed` (prompt text or None for
     token ids, prompt ids, the prompt's Score) the prompt comes first, in text and lists."""
-    ids: list[int] = []
-    lps: list[float | None] = []
-    tops: list[dict | None] = []
-    offsets: list[int] = []
+    if echoed is None and sampled is None:
+        return text, None
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                            "text_offset": []}
     base = 0
     if echoed is not None:
         prompt_text, prompt_ids, score = echoed
         shown = prompt_text if prompt_text is not None else tok.decode(prompt_ids)
         text, base = shown + text, len(shown)
-        ids += prompt_ids
-        lps += [None, *score.token_logprobs]
-        tops += [None, *[_top(tok, a) for a in (score.top or [[]] * len(score.tokens))]]
-        offsets += prefix_lengths(tok, prompt_ids)
+        out["tokens"] += [token_text(tok, t) for t in prompt_ids]
+        out["token_logprobs"] += [None, *score.token_logprobs]
+        out["top_logprobs"] += [None, *[_top(tok, a) for a in (score.top or [[]] * len(score.tokens))]]
+        out["text_offset"] += prefix_lengths(tok, prompt_ids)
     if sampled:
-        generated = [t for t, _, _ in sampled]
-        ids += generated
-        lps += [lp for _, lp, _ in sampled]
-        tops += [_top(tok, a) for _, _, a in sampled]
-        offsets += [base + o for o in prefix_lengths(tok, generated)]
-    if echoed is None and sampled is None:
-        return text, None
-    return text, {"tokens": [token_text(tok, t) for t in ids], "token_logprobs": lps,
-                  "top_logprobs": tops, "text_offset": offsets}
+        for key, values in sampled_logprobs(tok, sampled, base=base).items():
+            out[key] += values
+    return text, out
 
 
 def chat_logprobs(tok: Tokenizer, sampled: Sampled | None) -> dict:
