@@ -85,25 +85,18 @@ def _check_keys(cls: type, values: dict[str, Any], section: str) -> dict[str, An
 # Ranges by key name, for every section and model family (a rule applies where the key
 # exists; None values mean "the default" and are not checked): (low, low_inclusive, high,
 # high_inclusive). The dataclasses' own checks run first; these catch what they leave open.
+POSITIVE = (0.0, False, math.inf, False)
+NON_NEGATIVE = (0.0, True, math.inf, False)
+AT_LEAST_ONE = (1, True, math.inf, False)
 RANGES: dict[str, tuple[float, bool, float, bool]] = {
-    "norm_eps": (0.0, False, math.inf, False),
-    "init_std": (0.0, False, math.inf, False),
-    "rope_theta": (0.0, False, math.inf, False),
-    "rope_factor": (0.0, False, math.inf, False),
-    "rope_low_freq_factor": (0.0, False, math.inf, False),
-    "rope_high_freq_factor": (0.0, False, math.inf, False),
-    "rope_original_max_len": (0, True, math.inf, False),
-    "n_kv_head": (1, True, math.inf, False),
-    "n_enc_layer": (1, True, math.inf, False),
-    "d_ff": (1, True, math.inf, False),
-    "d_embed": (1, True, math.inf, False),
-    "attn_head_dim": (1, True, math.inf, False),
+    **dict.fromkeys(("norm_eps", "init_std", "rope_theta", "rope_factor", "rope_low_freq_factor",
+                     "rope_high_freq_factor"), POSITIVE),
+    **dict.fromkeys(("rope_original_max_len", "weight_decay", "grad_clip"), NON_NEGATIVE),
+    **dict.fromkeys(("n_kv_head", "n_enc_layer", "d_ff", "d_embed", "attn_head_dim", "val_beam"),
+                    AT_LEAST_ONE),
     "min_lr_ratio": (0.0, True, 1.0, True),
-    "weight_decay": (0.0, True, math.inf, False),
-    "grad_clip": (0.0, True, math.inf, False),
     "beta1": (0.0, True, 1.0, False),
     "beta2": (0.0, True, 1.0, False),
-    "val_beam": (1, True, math.inf, False),
     "seed": (0, True, 2**63, False),
     "val_fraction": (0.0, True, 1.0, False),
 }

@@ -20,6 +20,16 @@ def check_sizes(cfg: Any, positive: tuple[str, ...]) -> None:
         raise ScratchLMError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
 
 
+def check_rnn(cfg: Any) -> None:
+    """The checks the RNN families (rnn, seq2seq_rnn) share: the cell, the sizes, and tied
+    embeddings needing model.d_embed equal to model.d_model."""
+    if cfg.cell not in ("lstm", "gru"):
+        raise ScratchLMError(f"model.cell must be lstm or gru, got {cfg.cell!r}")
+    check_sizes(cfg, ("n_layer", "d_model", "block_size"))
+    if cfg.tie_embeddings and (cfg.d_embed or cfg.d_model) != cfg.d_model:
+        raise ScratchLMError("model.tie_embeddings needs model.d_embed equal to model.d_model")
+
+
 def encoder_decoder_tied_weights(share_embeddings: bool, tie_embeddings: bool) -> dict[str, str]:
     """Parameter names of an encoder-decoder that alias another (saved once): alias -> source."""
     tied = {}

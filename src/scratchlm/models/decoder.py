@@ -64,8 +64,12 @@ class DecoderLM(nn.Module):
             n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
         return n
 
-    def _check_input(self, input_ids: torch.Tensor, cache: KVCache | None) -> int:
-        """Validate shapes; return the position of the first new token."""
+    def _check_input(self, input_ids: torch.Tensor, cache: KVCache | None,
+                     packed: bool = False) -> int:
+        """Validate shapes; return the position of the first new token. `packed`: the call
+        has position_ids/attn_mask, which only packed training rows have."""
+        if cache is not None and packed:
+            raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
         if input_ids.dim() != 2:
             raise ScratchLMError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
         start = 0 if cache is None else cache.length
@@ -78,6 +82,17 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.check_room(t)
         return start
+
+    @staticmethod
+    def _kept(x: torch.Tensor, logits_to_keep: int, logits_mask: torch.Tensor | None) -> torch.Tensor:
+        """The hidden states (B, T, C) whose logits are wanted: the last `logits_to_keep`
+        positions (decoding), or the (N, C) positions of a (B, T) bool mask (fine-tuning needs
+        no logits where labels are -100)."""
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        if logits_mask is not None:
+            x = x[logits_mask]
+        return x
 
     def _finish(
         self, logits: torch.Tensor, cache: KVCache | None, t: int

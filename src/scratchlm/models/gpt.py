@@ -134,9 +134,7 @@ class GPT(DecoderLM):
         position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
-        start = self._check_input(input_ids, cache)
-        if cache is not None and (position_ids is not None or attn_mask is not None):
-            raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
+        start = self._check_input(input_ids, cache, packed=position_ids is not None or attn_mask is not None)
         T = input_ids.shape[1]
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         if position_ids is not None:
@@ -147,9 +145,6 @@ class GPT(DecoderLM):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
-        if logits_mask is not None:  # (B, T) bool: logits (N, vocab) of those positions only
-            x = x[logits_mask]  # (N, C); fine-tuning needs no logits where labels are -100
+        x = self._kept(x, logits_to_keep, logits_mask)  # (B, T or logits_to_keep, C) or (N, C)
         logits = output_logits(self.lm_head, self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

@@ -194,9 +194,7 @@ class Llama(DecoderLM):
         position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
-        start = self._check_input(input_ids, cache)
-        if cache is not None and (position_ids is not None or attn_mask is not None):
-            raise ScratchLMError("position_ids/attn_mask are for packed training rows, not decoding")
+        start = self._check_input(input_ids, cache, packed=position_ids is not None or attn_mask is not None)
         T = input_ids.shape[1]
         if cache is not None and cache.pad is not None:
             position_ids = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
@@ -204,9 +202,6 @@ class Llama(DecoderLM):
         for i, block in enumerate(self.model.layers):
             x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
                       position_ids=position_ids, attn_mask=attn_mask)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]  # only the last positions' logits (decoding)
-        if logits_mask is not None:  # (B, T) bool: logits (N, vocab) of those positions only
-            x = x[logits_mask]  # (N, C); fine-tuning needs no logits where labels are -100
+        x = self._kept(x, logits_to_keep, logits_mask)  # (B, T or logits_to_keep, C) or (N, C)
         logits = output_logits(self.lm_head, self.model.norm(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

@@ -18,7 +18,7 @@ from torch import nn
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import RNNState
-from scratchlm.models.config import check_sizes
+from scratchlm.models.config import check_rnn
 from scratchlm.models.layers import output_logits
 
 
@@ -37,11 +37,7 @@ class RNNConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.cell not in ("lstm", "gru"):
-            raise ScratchLMError(f"model.cell must be lstm or gru, got {self.cell!r}")
-        check_sizes(self, ("n_layer", "d_model", "block_size"))
-        if self.tie_embeddings and self.embed_dim != self.d_model:
-            raise ScratchLMError("model.tie_embeddings needs model.d_embed equal to model.d_model")
+        check_rnn(self)
 
     @property
     def embed_dim(self) -> int:

@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import RNNAttention
 from scratchlm.models.cache import EncoderOutput, Seq2SeqRNNState
-from scratchlm.models.config import check_sizes, encoder_decoder_tied_weights
+from scratchlm.models.config import check_rnn, encoder_decoder_tied_weights
 from scratchlm.models.layers import output_logits
 
 ATTENTIONS = ("none", *RNNAttention.KINDS)
@@ -62,15 +62,11 @@ class Seq2SeqRNNConfig:
     init_std: float | None = None
 
     def __post_init__(self) -> None:
-        if self.cell not in ("lstm", "gru"):
-            raise ScratchLMError(f"model.cell must be lstm or gru, got {self.cell!r}")
+        check_rnn(self)
         if self.attention not in ATTENTIONS:
             raise ScratchLMError(
                 f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
             )
-        check_sizes(self, ("n_layer", "d_model", "block_size"))
-        if self.tie_embeddings and self.embed_dim != self.d_model:
-            raise ScratchLMError("model.tie_embeddings needs model.d_embed equal to model.d_model")
 
     @property
     def embed_dim(self) -> int:
