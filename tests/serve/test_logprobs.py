@@ -2,7 +2,8 @@
 client): `echo` + `logprobs` with `max_tokens: 0` gives the prompt's token log-probabilities,
 equal to `scratchlm.score`; the tokens a request samples carry the model's own
 log-probabilities (teacher-forced `score` of prompt + output gives the same numbers); chat
-`logprobs` + `top_logprobs` in OpenAI's shape."""
+`logprobs` + `top_logprobs` in OpenAI's shape; streamed, each chunk carries its tokens'
+log-probabilities, and the chunks' joined equal the whole response's."""
 
 from __future__ import annotations
 
