@@ -6,6 +6,7 @@ is refused in one line with nothing written."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
@@ -15,7 +16,7 @@ import scratchlm
 from scratchlm.config import run_config_from_dict
 from scratchlm.errors import ScratchLMError
 from scratchlm.interop import gguf_write
-from scratchlm.interop.gguf import load_gguf, read_metadata
+from scratchlm.interop.gguf import load_gguf, read_metadata, tensor_names
 from scratchlm.registry import build_model
 from scratchlm.tokenizers.tokenizer import Tokenizer, train_tokenizer
 from tests.cli.test_cli import assert_clean_error, cli
@@ -103,22 +104,43 @@ def test_char_tokenizer_goes_in_as_sentencepiece(corpus, tmp_path):
         assert (back(x) - model(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_1", "q4_k_m"])
 def test_quantised_types(outtype, bpe, tmp_path):
+    """Width 64 (not a multiple of 256): q4_k_m's Q4_K and Q6_K fall back to Q5_0 and Q8_0 as in
+    llama-quantize, except the gpt's ffn_down (rows of 256). tests/interop/test_kquants.py has
+    the whole table."""
     model = _model("llama", bpe.vocab_size)  # untied: output.weight is its own matrix
     path = gguf_write.save_gguf(tmp_path / "m.gguf", model, bpe, outtype=outtype)
-    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
-    want = Q.Q8_0 if outtype == "q8_0" else Q.Q4_0
-    assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == want
+    reader = gguf.GGUFReader(str(path))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    want = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q4_k_m": Q.Q5_0}[outtype]
+    assert types["blk.0.attn_q.weight"] == types["blk.0.ffn_down.weight"] == want
+    assert types["blk.1.ffn_down.weight"] == types["blk.1.attn_v.weight"] == (
+        Q.Q8_0 if outtype == "q4_k_m" else want)  # q4_k_m: 6 bits -> Q6_K -> Q8_0 (rows of 64)
     assert types["token_embd.weight"] == want
-    assert types["output.weight"] == Q.Q8_0  # q4_0 keeps the output matrix at 8 bits
+    assert types["output.weight"] == Q.Q8_0  # 4-bit types keep the output matrix at 8 bits
     assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == Q.F32
+    file_type = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1",
+                 "q4_k_m": "MOSTLY_Q4_K_M"}[outtype]
+    assert read_metadata(reader)["general.file_type"] == gguf.LlamaFileType[file_type]
+    # every matrix reads back (gguf's dequantisers) within its type's rounding
+    ours = model.state_dict()
+    for t in reader.tensors:
+        if t.tensor_type == Q.F32 or ".attn_q." in t.name or ".attn_k." in t.name:  # (q/k: permuted)
+            continue
+        w = ours[tensor_names("llama", 2)[t.name]].numpy()
+        back = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(w.shape)
+        rel = np.sqrt(((back - w) ** 2).mean() / (w ** 2).mean())
+        assert rel < (0.01 if t.tensor_type in (Q.Q8_0, Q.Q6_K) else 0.12), (t.name, rel)
     gpt = _model("gpt2", bpe.vocab_size)
     path = gguf_write.save_gguf(tmp_path / "g.gguf", gpt, bpe, outtype=outtype)
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
     assert types["position_embd.weight"] == types["blk.0.attn_qkv.bias"] == Q.F32
     assert types["blk.0.attn_qkv.weight"] == want
-    assert types["token_embd.weight"] == (Q.Q8_0 if outtype == "q4_0" else want)  # tied output
+    assert types["token_embd.weight"] == (want if outtype == "q8_0" else Q.Q8_0)  # tied output
+    if outtype == "q4_k_m":  # ffn_down has rows of 256: real k-quants
+        assert types["blk.0.ffn_down.weight"] == Q.Q4_K
+        assert types["blk.1.ffn_down.weight"] == Q.Q6_K
 
 
 def test_qwen2_export_is_what_transformers_reads_as_qwen2(bpe, tmp_path):
@@ -158,10 +180,11 @@ def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
     src = tmp_path / "model"
     scratchlm.save_model_dir(src, model, bpe)
     dst = tmp_path / "out.gguf"
-    proc = cli("convert", src, dst, "--outtype", "q4_k_m", check=False)
-    assert_clean_error(proc, "llama-quantize MODEL.f16.gguf MODEL.Q4_K_M.gguf Q4_K_M")
-    proc = cli("convert", src, dst, "--outtype", "q3_x", check=False)
-    assert_clean_error(proc, "unknown to llama.cpp")
+    proc = cli("convert", src, dst, "--outtype", "q5_k_m", check=False)
+    assert_clean_error(proc, "llama-quantize MODEL.f16.gguf MODEL.Q5_K_M.gguf Q5_K_M")
+    for bad in ("q3_x", "guessed", "q4_1_some_f16"):  # not types llama-quantize makes
+        proc = cli("convert", src, dst, "--outtype", bad, check=False)
+        assert_clean_error(proc, "unknown to llama.cpp")
     proc = cli("convert", tmp_path / "nope", dst, check=False)
     assert_clean_error(proc, "does not exist")
     word = Tokenizer(HFTokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")), kind="other",

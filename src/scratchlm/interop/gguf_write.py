@@ -10,14 +10,22 @@ convert_hf_to_gguf.py writes them:
   o and MLP biases are optional tensors there).
 
 Types (`OUTTYPES`): norms, biases, position embeddings and RoPE factors stay float32, as
-llama.cpp's own converter keeps them; matrices are f32, f16, bf16, q8_0 or q4_0, quantised by the
-`gguf` package (the reference implementation of ggml's block formats). In q4_0 the output
-matrix (the token embeddings when tied) is q8_0: llama.cpp's llama-quantize also keeps it at
-higher precision (Q6_K, which `gguf` cannot write), since 4-bit logits cost the most quality. A
-matrix whose rows are not a multiple of the 32-value block is written f16.
+llama.cpp's own converter keeps them; matrices are f32, f16 or bf16, or one of llama.cpp's
+quantised file types, each tensor given the type llama.cpp's llama-quantize gives it for that
+file type (`quant_type`, after `llama_tensor_get_type` in src/llama-quant.cpp):
+- q8_0: every matrix Q8_0;
+- q4_0 / q4_1: every matrix Q4_0 / Q4_1, but the output matrix (the token embeddings when tied)
+  Q6_K, or Q8_0 where its rows are not a multiple of 256 values;
+- q4_k_m: Q4_K, with attn_v (gpt2's fused attn_qkv) and ffn_down at Q6_K in the layers
+  llama.cpp's `use_more_bits` picks (the first and last eighth, every third between) and the
+  output matrix as above; a matrix whose rows are not a multiple of 256 falls back as
+  llama-quantize's does (Q4_K -> Q5_0, Q6_K -> Q8_0).
+A matrix whose rows are not a multiple of the 32-value block is written f16. Q8_0/Q4_0/Q4_1/Q5_0
+are quantised by the `gguf` package, Q4_K/Q6_K by `interop.kquants` (ports of ggml's reference
+quantisers): byte for byte what llama-quantize writes from the same f16 weights.
 
-K-quants (Q4_K_M, ...) are llama.cpp's own: `llama-quantize model.f16.gguf out.gguf Q4_K_M`
-makes them from our f16 export. Asking for one here is refused with that command.
+Other k-quants (Q5_K_M, Q3_K_S, ...) are llama.cpp's own: `llama-quantize model.f16.gguf out.gguf
+Q5_K_M` makes them from our f16 export. Asking for one here is refused with that command.
 
 The tokenizer goes in so that llama.cpp tokenizes as we do: byte-level BPE as llama.cpp's "gpt2"
 model (merges, and the `tokenizer.ggml.pre` name whose split regex equals ours); a char
@@ -49,9 +57,17 @@ from scratchlm.interop.gguf import (
     permuted,
     tensor_names,
 )
+from scratchlm.interop.kquants import QK_K, quantize_q4_k, quantize_q6_k
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-BLOCK = 32  # values per q8_0 / q4_0 block
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m")
+BLOCK = 32  # values per q8_0 / q4_0 / q4_1 / q5_0 block (k-quants: kquants.QK_K)
+# The types llama-quantize makes (QUANT_OPTIONS in tools/quantize/quantize.cpp, llama.cpp as
+# vendored in llama-cpp-python 0.3.36); some of the IQ types need an importance matrix.
+LLAMA_QUANTIZE_TYPES = frozenset({
+    "Q1_0", "Q2_0", "Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+    "IQ2_M", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_S", "IQ3_M",
+    "Q3_K", "IQ3_XS", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_NL", "IQ4_XS", "Q4_K", "Q4_K_S", "Q4_K_M",
+    "Q5_K", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32"})
 
 
 def check_outtype(outtype: str) -> str:
@@ -59,10 +75,8 @@ def check_outtype(outtype: str) -> str:
     t = outtype.lower()
     if t in OUTTYPES:
         return t
-    gguf = _require_gguf()
-    known = {n.removeprefix("MOSTLY_").lower() for n in gguf.LlamaFileType.__members__}
-    if t in known:
-        up = t.upper()
+    up = t.upper()
+    if up in LLAMA_QUANTIZE_TYPES:
         raise ScratchLMError(
             f"GGUF type {up} is not one scratchlm writes ({', '.join(OUTTYPES)}); make it with "
             f"llama.cpp from an f16 export: llama-quantize MODEL.f16.gguf MODEL.{up}.gguf {up}")
@@ -208,17 +222,31 @@ def _hyperparameters(writer, cfg: Any, arch: str) -> None:
         writer.add_rope_scaling_factor(cfg.rope_factor)
 
 
-def _tensor_type(name: str, arr: np.ndarray, outtype: str, tied: bool):
-    """The GGML type one tensor is written in (see the module docstring)."""
+def _use_more_bits(i_layer: int, n_layer: int) -> bool:
+    """llama-quant.cpp's use_more_bits: the layers Q4_K_M gives 6 bits in attn_v and ffn_down."""
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+
+
+def quant_type(name: str, shape: tuple[int, ...], outtype: str, tied: bool, n_layer: int):
+    """The GGML type llama-quantize gives tensor `name` (numpy `shape`, rows last) in a file of
+    `outtype` (see the module docstring); `tied`: no output.weight, token_embd serves for it."""
     Q = _require_gguf().GGMLQuantizationType
-    if arr.ndim == 1 or name in ("position_embd.weight", "rope_freqs.weight") or outtype == "f32":
+    if len(shape) == 1 or name in ("position_embd.weight", "rope_freqs.weight") or outtype == "f32":
         return Q.F32
-    if outtype == "q4_0" and (name == "output.weight" or (tied and name == "token_embd.weight")):
-        outtype = "q8_0"
-    t = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[outtype]
-    if t in (Q.Q8_0, Q.Q4_0) and arr.shape[-1] % BLOCK:
-        return Q.F16
-    return t
+    if outtype in ("f16", "bf16"):
+        return Q.F16 if outtype == "f16" else Q.BF16
+    ncols = shape[-1]
+    t = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1, "q4_k_m": Q.Q4_K}[outtype]
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        if t != Q.Q8_0:
+            t = Q.Q6_K if ncols % QK_K == 0 else Q.Q8_0
+    elif (outtype == "q4_k_m" and re.search(r"\.(attn_v|attn_qkv|ffn_down)\.weight$", name)
+          and _use_more_bits(int(name.split(".")[1]), n_layer)):
+        t = Q.Q6_K
+    fallback = {Q.Q4_K: Q.Q5_0, Q.Q6_K: Q.Q8_0}  # rows not a multiple of 256 (tensor_type_fallback)
+    if t in fallback and ncols % QK_K:
+        t = fallback[t]
+    return Q.F16 if ncols % BLOCK else t
 
 
 def _add_tensor(writer, name: str, arr: np.ndarray, qtype) -> None:
@@ -228,7 +256,10 @@ def _add_tensor(writer, name: str, arr: np.ndarray, qtype) -> None:
         writer.add_tensor(name, arr)
     elif qtype == Q.F16:
         writer.add_tensor(name, arr.astype(np.float16))
-    else:  # bf16 and the block formats: gguf's reference encoders, raw bytes
+    elif qtype in (Q.Q4_K, Q.Q6_K):  # k-quants: gguf reads them but cannot write them
+        data = (quantize_q4_k if qtype == Q.Q4_K else quantize_q6_k)(arr)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    else:  # bf16 and the 32-value block formats: gguf's reference encoders, raw bytes
         writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
 
 
@@ -246,7 +277,8 @@ def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, out
     arch = gguf_architecture(cfg, arch)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+                 "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}[outtype]
     p = Path(path)
     tmp = temp_path(p)
     try:
@@ -271,7 +303,7 @@ def save_gguf(path: str | os.PathLike, model: torch.nn.Module, tokenizer, *, out
             if permuted(arch, gname):
                 w = _permute(w, cfg.n_head if ".attn_q." in gname else cfg.kv_heads)
             arr = w.contiguous().numpy()
-            _add_tensor(writer, gname, arr, _tensor_type(gname, arr, outtype, tied))
+            _add_tensor(writer, gname, arr, quant_type(gname, arr.shape, outtype, tied, cfg.n_layer))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
