@@ -69,3 +69,13 @@ def test_q4_k_m_types_are_llama_quantize_s():
     assert quant_type("output.weight", (1000, 256), "q8_0", False, n) == Q.Q8_0
     assert quant_type("blk.0.attn_norm.weight", (256,), "q4_k_m", True, n) == Q.F32
     assert quant_type("position_embd.weight", (64, 256), "q4_k_m", True, n) == Q.F32
+
+
+def test_kquants_encode_in_chunks_the_same(monkeypatch):
+    from scratchlm.interop import kquants
+
+    x = _weights()
+    whole = quantize_q4_k(x), quantize_q6_k(x)
+    monkeypatch.setattr(kquants, "CHUNK", 5)  # 48 super-blocks: 10 chunks, the last short
+    assert np.array_equal(quantize_q4_k(x), whole[0]) and np.array_equal(quantize_q6_k(x), whole[1])
+    assert quantize_q4_k(x[7]).shape == (2 * 144,)  # one row

@@ -41,11 +41,18 @@ def _fp16(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16)
 
 
-def _rows(arr: np.ndarray) -> np.ndarray:
+CHUNK = 1 << 14  # super-blocks encoded at a time (4M values): bounds the temporaries' memory
+
+
+def _encode(arr: np.ndarray, blocks_fn, nbytes: int) -> np.ndarray:
+    """`arr` (..., k*256) -> bytes (..., k*nbytes), `blocks_fn` encoding (n, 256) super-blocks
+    to (n, nbytes), CHUNK at a time."""
     x = np.ascontiguousarray(arr, dtype=np.float32)
     if x.shape[-1] % QK_K:
         raise ValueError(f"a k-quant row needs a multiple of {QK_K} values, not {x.shape[-1]}")
-    return x.reshape(-1, QK_K)  # (super-blocks, 256)
+    flat = x.reshape(-1, QK_K)  # (super-blocks, 256)
+    out = np.concatenate([blocks_fn(flat[i:i + CHUNK]) for i in range(0, len(flat), CHUNK)])
+    return out.reshape(*x.shape[:-1], x.shape[-1] // QK_K * nbytes)
 
 
 def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float,
@@ -91,8 +98,10 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
 
 def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
     """`arr` (..., k*256) float -> Q4_K bytes (..., k*144), as quantize_row_q4_K_ref."""
-    shape = arr.shape
-    x = _rows(arr)
+    return _encode(arr, _q4_k_blocks, 144)
+
+
+def _q4_k_blocks(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     xs = x.reshape(nb * 8, 32)  # sub-blocks of 32
     av_x = np.sqrt(_seqsum(xs * xs) / F(32))
@@ -118,9 +127,8 @@ def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
         q = np.clip(_rint((x.reshape(nb, 8, 32) + dmj[..., None]) / dj[..., None]), 0, 15)
     L = np.where((dj != 0)[..., None], q, L).astype(np.uint8).reshape(nb, 4, 2, 32)
     qs = L[:, :, 0] | (L[:, :, 1] << 4)  # (nb, 4, 32): per 64 values, l | (l + 32) << 4
-    out = np.concatenate([d.view(np.uint8).reshape(nb, 2), dmin.view(np.uint8).reshape(nb, 2),
-                          packed, qs.reshape(nb, 128)], axis=1)
-    return out.reshape(*shape[:-1], shape[-1] // QK_K * 144)
+    return np.concatenate([d.view(np.uint8).reshape(nb, 2), dmin.view(np.uint8).reshape(nb, 2),
+                           packed, qs.reshape(nb, 128)], axis=1)
 
 
 def _make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +170,10 @@ def _make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
     """`arr` (..., k*256) float -> Q6_K bytes (..., k*210), as quantize_row_q6_K_ref."""
-    shape = arr.shape
-    x = _rows(arr)
+    return _encode(arr, _q6_k_blocks, 210)
+
+
+def _q6_k_blocks(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     L, scales = _make_qx_quants(x.reshape(nb * 16, 16), 32)
     L, scales = L.reshape(nb, 16, 16), scales.reshape(nb, 16)
@@ -183,6 +193,5 @@ def quantize_q6_k(arr: np.ndarray) -> np.ndarray:
                          L[:, :, 1] & 0xF | (L[:, :, 3] & 0xF) << 4], axis=2)  # (nb, 2, 64)
     qh = (L[:, :, 0] >> 4) | (L[:, :, 1] >> 4) << 2 | (L[:, :, 2] >> 4) << 4 | (L[:, :, 3] >> 4) << 6
     sc = np.where(empty[:, None], 0, sc).astype(np.int8)
-    out = np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8),
-                          d.view(np.uint8).reshape(nb, 2)], axis=1)
-    return out.reshape(*shape[:-1], shape[-1] // QK_K * 210)
+    return np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.view(np.uint8),
+                           d.view(np.uint8).reshape(nb, 2)], axis=1)
