@@ -84,22 +84,31 @@ def test_windows_cover_every_token_once(char_data):
     assert np.array_equal(np.concatenate(ys), arr[1:])
 
 
-@pytest.mark.parametrize("kind", ["bpe", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "bpe-no-tiktoken", "bpe-probe-differs", "char"])
 def test_parallel_output_is_byte_identical_to_one_piece_at_a_time(tmp_path, corpus, monkeypatch, kind):
-    """Batches encoded by the tokenizers library's thread pool write exactly the bytes that
-    encoding one piece at a time writes, and each document's tokens are those of encoding
-    it whole (pieces are cut where the pre-tokenizer splits anyway)."""
+    """Batches encoded in parallel (byte-level BPE: by tiktoken where it gives the same ids,
+    else by the tokenizers library's thread pool) write exactly the bytes that encoding one
+    piece at a time with the tokenizers library writes, and each document's tokens are those
+    of encoding it whole (pieces are cut where the pre-tokenizer splits anyway)."""
     import scratchlm.data.pretrain as P
     from scratchlm.data import readers
 
     monkeypatch.setattr(readers, "PIECE_CHARS", 500)  # many pieces, several batches
     monkeypatch.setattr(P, "BATCH_CHARS", 4000)
-    tok = P.resolve_tokenizer(kind, files=[corpus], vocab_size=400, show_progress=False)
+    tok = P.resolve_tokenizer(kind.split("-")[0], files=[corpus], vocab_size=400, show_progress=False)
+    if kind == "bpe-no-tiktoken":
+        tok._tiktoken = (None, "not installed")
+    if kind == "bpe-probe-differs":  # tiktoken disagrees on the corpus' first piece
+        monkeypatch.setattr(P, "same_ids", lambda hf, enc, texts: False)
+    used = []
+    real = P.fast_encoder
+    monkeypatch.setattr(P, "fast_encoder", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
     outs = {}
     for parallel in (True, False):
         outs[parallel] = tmp_path / f"p{parallel}"
         prepare([corpus], out=outs[parallel], tokenizer=tok, val_fraction=0.1, parallel=parallel,
                 show_progress=False)
+    assert [e is not None for e in used] == ([True] if kind == "bpe" else [False] if "bpe" in kind else [])
     for split in ("train", "val"):
         a, b = ((outs[p] / f"{split}.bin").read_bytes() for p in (True, False))
         assert a == b and len(a) > 1000

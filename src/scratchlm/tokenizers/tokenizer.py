@@ -52,6 +52,7 @@ class Tokenizer:
         self.hf = hf
         self.kind = kind
         self._char_table: tuple | None = None  # built on first use by _char_ids
+        self._tiktoken: tuple | None = None  # (Encoding or None, reason): tiktoken_encoding()
         roles = dict(DEFAULT_ROLES) if special_tokens is None else {r: special_tokens.get(r) for r in ROLES}
         self.special_tokens = roles
         self.chat_template = chat_template
@@ -120,6 +121,16 @@ class Tokenizer:
             start = i + 1
         out.append(ids[start:])
         return np.concatenate(out)
+
+    def tiktoken_encoding(self):
+        """(a tiktoken Encoding giving this byte-level BPE's ids, "") or (None, why not):
+        see tokenizers/fast.py. Built once; None for every other kind."""
+        if self._tiktoken is None:
+            from scratchlm.tokenizers.fast import tiktoken_encoding
+
+            self._tiktoken = (tiktoken_encoding(self.hf) if self.kind == "bpe"
+                              else (None, f"a {self.kind} tokenizer is not byte-level BPE"))
+        return self._tiktoken
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
