@@ -127,3 +127,65 @@ def test_offline_without_cache(tmp_path):
         lo.download_deb("libreoffice-help-fr", tmp_path, offline=True)
     (tmp_path / "libreoffice-help-fr_1.0_all.deb").write_bytes(b"")
     assert lo.download_deb("libreoffice-help-fr", tmp_path, offline=True).name == "libreoffice-help-fr_1.0_all.deb"
+
+
+def test_module_of():
+    assert lo.module_of("text/sbasic/shared/03080101.html#par_id1") == "sbasic"
+    assert lo.module_of("text/shared/guide/a.html#hd_id1") == "shared"
+    assert lo.module_of("p1") == "" and lo.module_of("text/a.html#x") == ""
+
+
+def _domain_pages():
+    """sbasic pages, scalc/shared pages, and one sentence found in both sbasic and shared."""
+    en, fr = {}, {}
+    for module, n in (("sbasic", 30), ("scalc", 25), ("shared", 20)):
+        for i in range(n):
+            key = f"text/{module}/guide/page{i % 3}.html#par_id{i}"
+            en[key] = f"The {module} help says number {i} here"
+            fr[key] = f"L'aide {module} dit le numéro {i} ici"
+    for key in ("text/sbasic/shared/x.html#p", "text/shared/guide/x.html#p"):
+        en[key], fr[key] = "Click OK to close the dialog", "Cliquez sur OK pour fermer"
+    return en, fr
+
+
+def test_domain_split_keeps_one_module_and_disjoint_sources():
+    en, fr = _domain_pages()
+    sets = lo.domain_split(en, fr, "sbasic")
+    assert list(sets) == ["sbasic", "general"]
+    assert len(sets["sbasic"]) == 31 and all("sbasic" in s or s.startswith("Click") for s, _ in sets["sbasic"])
+    assert len(sets["general"]) == 45  # 25 scalc + 20 shared; the shared copy of "Click OK" dropped
+    assert not {s for s, _ in sets["sbasic"]} & {s for s, _ in sets["general"]}
+    assert all("sbasic" not in s for s, _ in sets["general"])
+    with pytest.raises(ScratchLMError, match=r"no help module 'basic' \(the modules: sbasic, scalc, shared\)"):
+        lo.domain_split(en, fr, "basic")
+
+
+def test_get_libreoffice_domain_writes_two_datasets(tmp_path, monkeypatch):
+    en, fr = _domain_pages()
+    monkeypatch.setattr(lo, "download_deb", lambda pkg, cache, offline=False: pkg.removeprefix("libreoffice-help-"))
+    monkeypatch.setattr(lo, "package_pages", lambda lang: en if lang == "en-us" else fr)
+    monkeypatch.setattr(lo, "deb_version", lambda deb: "1:7.4-test")
+    monkeypatch.setattr(lo, "TEST_SIZE", 5)
+    monkeypatch.setattr(lo, "VAL_SIZE", 4)
+    out = tmp_path / "out"
+    used = lo.get_libreoffice("libreoffice-en-fr", out, cache=tmp_path / "cache", domain="sbasic")
+    assert f"{out / 'sbasic'}: 31 pairs (24 train, 2 val, 5 test)" in used  # 31 // 6 test, 31 // 12 val
+    assert f"{out / 'general'}: 45 pairs (36 train, 4 val, 5 test)" in used
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["general", "sbasic"]
+    meta = json.loads((out / "sbasic" / "meta.json").read_text())
+    assert meta["domain"] == "sbasic" and meta["name"] == "libreoffice-en-fr-sbasic"
+    assert meta["counts"] == {"train": 24, "val": 2, "test": 5}
+    assert "first 5 test, next 2 val" in meta["built"]
+    srcs = {part: {line.split("\t")[0] for split in ("train", "val", "test")
+                   for line in (out / part / f"{split}.tsv").read_text().splitlines()}
+            for part in ("sbasic", "general")}
+    assert len(srcs["sbasic"]) == 31 and len(srcs["general"]) == 45 and not srcs["sbasic"] & srcs["general"]
+    # the same split as split_pairs on the module's pairs alone: reusing it, not a second rule
+    alone = lo.split_pairs(lo.domain_split(en, fr, "sbasic")["sbasic"], test_size=5, val_size=2)
+    assert (out / "sbasic" / "test.tsv").read_text().splitlines() == [f"{s}\t{t}" for s, t in alone["test"]]
+
+
+def test_domain_is_for_libreoffice_only(tmp_path):
+    from scratchlm.data.sources import get_dataset
+    with pytest.raises(ScratchLMError, match="--domain splits the libreoffice-\\* datasets only"):
+        get_dataset("shakespeare", out=tmp_path / "out", domain="sbasic", offline=True)

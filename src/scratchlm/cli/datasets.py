@@ -16,10 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = sub.add_parser("get", help="fetch a dataset into a directory")
     g.add_argument("name", help=f"one of: {', '.join(DATASETS)}; or {MORE}")
     g.add_argument("--out", required=True,
-                   help="directory to write into (text files; train/valid/test.tsv for pairs)")
+                   help="directory to write into (text files; train/val/test.tsv for pairs)")
     add_overwrite(g)
     g.add_argument("--cache", help="download cache (default: OUT/../.cache)")
     g.add_argument("--offline", action="store_true", help="use only the cache or the shipped sample")
+    g.add_argument("--domain", metavar="MODULE",
+                   help="libreoffice-*: split by help module (sbasic, scalc, ...) into OUT/MODULE "
+                        "(its pages) and OUT/general (the other pages), each with train/val/test")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -34,6 +37,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     cache = args.cache or Path(args.out).parent / ".cache"
     claim_out_dir(args.out, overwrite=args.overwrite, inputs=[cache], kind="dataset directory")
-    used = get_dataset(args.name, out=args.out, cache=args.cache, offline=args.offline)
+    used = get_dataset(args.name, out=args.out, cache=args.cache, offline=args.offline,
+                       domain=args.domain)
     print(f"wrote {args.out} from {used}")
     return 0

@@ -17,6 +17,14 @@ The steps, each a function below:
    set never changes between runs and every copy of a source sentence lands in one split.
 4. `train.tsv`, `val.tsv`, `test.tsv` (src<TAB>tgt) and `meta.json` in the output dir.
 
+`--domain MODULE` (`datasets get libreoffice-en-fr --out DIR --domain sbasic`) builds a domain
+split instead, for continued training on a new domain (docs/training.md): the pages of one help
+module (`text/MODULE/...`: sbasic, scalc, swriter, shared, ...) go to DIR/MODULE, every other
+module's to DIR/general, each aligned and split as above (`domain_split`). A source sentence of
+the module is dropped from the general set, so no in-domain test sentence is trained on by the
+general model. The module's test and val splits are a sixth and a twelfth of its pairs
+(at most 1000 each).
+
 Names are `libreoffice-SRC-TGT`; a language is the suffix of a Debian package
 `libreoffice-help-<lang>`, with the shorthands en = en-us and zh = zh-cn.
 """
@@ -274,20 +282,41 @@ def package_pages(deb: Path) -> dict[str, str]:
     return texts
 
 
-def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False) -> str:
-    """Build the `name` dataset (libreoffice-SRC-TGT) into `out`. Returns what was used."""
+def module_of(key: str) -> str:
+    """The help module of a "page#id" key: 'text/sbasic/shared/01.html#par_id1' -> 'sbasic'."""
+    parts = key.split("#", 1)[0].split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "text" else ""
+
+
+def domain_split(src: dict[str, str], tgt: dict[str, str], domain: str, *,
+                 count_words_on: str = "src", min_words: int = MIN_WORDS) -> dict[str, list[Pair]]:
+    """{domain: the pairs of the module's pages, "general": those of every other module less
+    the sources found in the module}, each aligned by `align`."""
+    modules = sorted({module_of(k) for k in src.keys() & tgt.keys()} - {""})
+    if domain not in modules or domain == "general":
+        raise ScratchLMError(f"no help module {domain!r} (the modules: {', '.join(modules)})")
+    inside = {k for k in src if module_of(k) == domain}
+
+    def pick(keep: bool) -> list[Pair]:
+        return align({k: v for k, v in src.items() if (k in inside) == keep}, tgt,
+                     count_words_on=count_words_on, min_words=min_words)
+
+    in_domain = pick(True)
+    sources = {s for s, _ in in_domain}
+    return {domain: in_domain, "general": [p for p in pick(False) if p[0] not in sources]}
+
+
+def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False,
+                    domain: str | None = None) -> str:
+    """Build the `name` dataset (libreoffice-SRC-TGT) into `out`, or with `domain` its domain
+    split into out/DOMAIN and out/general. Returns what was used."""
     src_lang, tgt_lang = parse_name(name)
     debs = {lang: download_deb(package_name(lang), cache / "debian", offline=offline)
             for lang in (src_lang, tgt_lang)}
     pages = {lang: package_pages(deb) for lang, deb in debs.items()}
     side = "tgt" if tgt_lang.startswith("en") and not src_lang.startswith("en") else "src"
-    counted = "English" if "en" in (src_lang[:2], tgt_lang[:2]) else "source"
-    pairs = align(pages[src_lang], pages[tgt_lang], count_words_on=side)
-    if len(pairs) < 3 * (TEST_SIZE + VAL_SIZE):
-        raise ScratchLMError(f"only {len(pairs)} aligned pairs for {name}; the two help packages "
-                             f"do not share enough translated paragraphs")
-    splits = split_pairs(pairs, test_size=TEST_SIZE, val_size=VAL_SIZE)
     versions = {package_name(lang): deb_version(deb) for lang, deb in debs.items()}
+    used = ", ".join(f"{k} {v}" for k, v in versions.items())
     meta = {
         "format": "scratchlm-pairs-dataset/1",
         "kind": "pairs-dataset",
@@ -296,25 +325,59 @@ def get_libreoffice(name: str, out: Path, *, cache: Path, offline: bool = False)
         "tgt_lang": tgt_lang,
         "license": "MPL-2.0 (LibreOffice help)",
         "packages": versions,
-        "counts": {s: len(p) for s, p in splits.items()},
         "columns": ["src", "tgt"],
-        "built": (
-            "paragraphs and headings of usr/share/libreoffice/help/<Lang>/text/**/*.html joined "
-            "on (page path, element id); whitespace collapsed; dropped: empty sides, sides equal, "
-            f"fewer than {MIN_WORDS} words on the {counted} side, exact duplicates; "
-            "split: distinct sources in sha256 order, "
-            f"first {TEST_SIZE} test, next {VAL_SIZE} val, rest train"
-        ),
     }
-    return f"{', '.join(f'{k} {v}' for k, v in versions.items())}: {write_pairs_dataset(out, splits, meta)}"
+    counted = "English" if "en" in (src_lang[:2], tgt_lang[:2]) else "source"
+    built = ("paragraphs and headings of usr/share/libreoffice/help/<Lang>/text/**/*.html joined "
+             "on (page path, element id); whitespace collapsed; dropped: empty sides, sides equal, "
+             f"fewer than {MIN_WORDS} words on the {counted} side, exact duplicates; "
+             "split: distinct sources in sha256 order, first {test} test, next {val} val, rest train")
+    if domain is None:
+        pairs = align(pages[src_lang], pages[tgt_lang], count_words_on=side)
+        _check_size(len(pairs), TEST_SIZE + VAL_SIZE, name)
+        splits = split_pairs(pairs, test_size=TEST_SIZE, val_size=VAL_SIZE)
+        meta |= {"counts": {s: len(p) for s, p in splits.items()},
+                 "built": built.format(test=TEST_SIZE, val=VAL_SIZE)}
+        return f"{used}: {write_pairs_dataset(out, splits, meta)}"
+    sets = domain_split(pages[src_lang], pages[tgt_lang], domain, count_words_on=side)
+    words = []
+    with atomic_dir(out) as tmp:
+        for part, pairs in sets.items():
+            test, val = ((TEST_SIZE, VAL_SIZE) if part == "general" else
+                         (min(TEST_SIZE, len(pairs) // 6), min(VAL_SIZE, len(pairs) // 12)))
+            _check_size(len(pairs), test + val, f"{name} {part}")
+            splits = split_pairs(pairs, test_size=test, val_size=val)
+            where = (f"pages of text/{domain}/" if part == domain else
+                     f"pages outside text/{domain}/, less the sources found there")
+            write_splits(tmp / part, splits, meta | {
+                "name": f"{name}-{part}", "domain": part,
+                "counts": {s: len(p) for s, p in splits.items()},
+                "built": f"{where}: " + built.format(test=test, val=val)})
+            words.append(f"{out / part}: {_count_words({k: len(v) for k, v in splits.items()})}")
+    return f"{used}: " + "; ".join(words)
+
+
+def _check_size(n: int, held_out: int, name: str) -> None:
+    if n < 3 * held_out or n < 12:
+        raise ScratchLMError(f"only {n} aligned pairs for {name}; the two help packages "
+                             f"do not share enough translated paragraphs")
 
 
 def write_pairs_dataset(out: Path, splits: dict[str, list[Pair]], meta: dict) -> str:
     """OUT/{train,val,test}.tsv and meta.json, all or nothing; returns the counts in words."""
     with atomic_dir(out) as tmp:
-        for split, rows in splits.items():
-            write_tsv(tmp / f"{split}.tsv", rows)
-        write_json(tmp / "meta.json", meta)
-    c = meta["counts"]
+        write_splits(tmp, splits, meta)
+    return _count_words(meta["counts"])
+
+
+def write_splits(out: Path, splits: dict[str, list[Pair]], meta: dict) -> None:
+    """OUT/{train,val,test}.tsv and meta.json (each file atomic, the directory not)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        write_tsv(out / f"{split}.tsv", rows)
+    write_json(out / "meta.json", meta)
+
+
+def _count_words(c: dict[str, int]) -> str:
     return (f"{sum(c.values()):,} pairs ({c['train']:,} train, {c['val']:,} val, "
             f"{c['test']:,} test)")

@@ -92,11 +92,14 @@ MORE = "libreoffice-SRC-TGT for other languages, e.g. libreoffice-de-en, libreof
 
 
 def get_dataset(name: str, *, out: str | Path, cache: str | Path | None = None,
-                offline: bool = False) -> str:
+                offline: bool = False, domain: str | None = None) -> str:
+    """Build dataset `name` into `out`; `domain` (libreoffice-* only) builds its domain split."""
     out = Path(out)
     cache = Path(cache) if cache else out.parent / ".cache"
-    if name.startswith("libreoffice-") and name not in DATASETS:
-        return get_libreoffice(name, out, cache=cache, offline=offline)
+    if name.startswith("libreoffice-"):
+        return get_libreoffice(name, out, cache=cache, offline=offline, domain=domain)
+    if domain is not None:
+        raise ScratchLMError(f"--domain splits the libreoffice-* datasets only, not {name!r}")
     if name not in DATASETS:
         import difflib
         close = difflib.get_close_matches(name, DATASETS, n=1)
