@@ -103,6 +103,34 @@ def test_held_out_valid_split_is_fixed(tmp_path):
     train_src = {s for s, _ in a["train"].pairs}
     assert not train_src & {s for s, _ in a["val"].pairs}  # a source never straddles splits
     assert sorted(a["train"].pairs + a["val"].pairs) == sorted(pairs)
+    # the same rule as the datasets' fixed splits: the first sources by sha256
+    from scratchlm.data.libreoffice import split_pairs
+
+    n_src = len({s for s, _ in pairs})
+    ref = split_pairs(pairs, test_size=0, val_size=round(0.2 * n_src))
+    assert sorted(a["val"].pairs) == sorted(ref["val"]) and sorted(a["train"].pairs) == sorted(ref["train"])
+
+
+def test_prepare_streams_in_chunks_with_the_same_output(tmp_path, monkeypatch):
+    """prepare holds one chunk of pairs at a time: chunks of 3 pairs write the same bytes as
+    one chunk of all of them (files, held-out split, over-long handling, empty lines)."""
+    from scratchlm.data.pairs import prepare
+
+    pairs = make_pairs(50, seed=3)
+    lines = [f"{s}\t{t}\n" for s, t in pairs] + ["\t\n", "x\t\n"]
+    (tmp_path / "p.tsv").write_text("".join(lines), encoding="utf-8")
+    outs = []
+    for chunk in (3, 4096):
+        monkeypatch.setattr(prepare, "CHUNK_PAIRS", chunk)
+        out = tmp_path / f"c{chunk}"
+        prepare_pairs(tmp_path / "p.tsv", out=out, tokenizer="char", max_len=12, on_long="skip",
+                      valid_fraction=0.2, show_progress=False)
+        outs.append({f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.is_file()})
+    assert outs[0] == outs[1]
+    meta = json.loads(outs[0]["meta.json"])
+    assert meta["splits"]["train"]["skipped_empty"] == 2 and meta["splits"]["train"]["skipped_long"] > 0
+    assert meta["splits"]["val"]["skipped_empty"] == 0  # counted once, with the train split
+    assert sum(c["pairs"] + c["skipped_long"] for c in meta["splits"].values()) == 50
 
 
 def test_dataset_directory_and_missing_train(tmp_path):

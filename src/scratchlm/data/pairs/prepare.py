@@ -13,8 +13,11 @@ reads both.)
 
 from __future__ import annotations
 
+import itertools
 import os
+from array import array
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,63 +25,88 @@ import numpy as np
 from scratchlm.data.pairs.read import (
     LONG_POLICIES,
     Pair,
+    PairSet,
     PairSource,
+    SplitStream,
     _check_policy,
-    load_splits,
+    split_streams,
     warn,
 )
 from scratchlm.data.pretrain import tokenizer_for
-from scratchlm.data.seq2seq import write_tsv
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, read_json, write_json
 from scratchlm.tokenizers import Tokenizer
 
 CHUNK_PAIRS = 4096  # encode this many sentences at a time
 
-def _pair_texts(train: list[Pair]) -> Iterator[str]:
+def _pair_texts(train: SplitStream) -> Iterator[str]:
     """Both sides of the train pairs, in chunks, for training a tokenizer."""
-    for i in range(0, len(train), CHUNK_PAIRS):
-        yield "\n".join(x for pair in train[i:i + CHUNK_PAIRS] for x in pair)
+    for chunk in _chunks(train.pairs()):
+        yield "\n".join(x for pair in chunk for x in pair)
 
 
-def _encode(tok: Tokenizer, split: str, pairs: list[Pair], *, max_len: int | None,
-            on_long: str) -> tuple[list[Pair], list[list[int]], list[list[int]], dict]:
-    """Token ids of both sides; over-long sides truncated, skipped or refused (one token of
-    `max_len` is kept for <|eos|> / <|bos|>)."""
-    limit = None if max_len is None else max_len - 1
-    kept: list[Pair] = []
-    src_ids: list[list[int]] = []
-    tgt_ids: list[list[int]] = []
-    stats = {"truncated": 0, "skipped_long": 0}
-    for lo in range(0, len(pairs), CHUNK_PAIRS):
-        chunk = pairs[lo:lo + CHUNK_PAIRS]
-        enc_src = tok.encode_batch([s for s, _ in chunk])
-        enc_tgt = tok.encode_batch([t for _, t in chunk])
-        for i, (pair, s, t) in enumerate(zip(chunk, enc_src, enc_tgt, strict=True)):
+def _chunks(pairs: Iterator[Pair]) -> Iterator[list[Pair]]:
+    while chunk := list(itertools.islice(pairs, CHUNK_PAIRS)):
+        yield chunk
+
+
+class _SplitWriter:
+    """Encodes one split chunk by chunk into {split}.src/.tgt.bin (+ .idx.npy) and, for val
+    and test, {split}.tsv: only a chunk of pairs and two lengths a pair are held."""
+
+    def __init__(self, tmp: Path, split: str, dtype: np.dtype, *, max_len: int | None,
+                 on_long: str) -> None:
+        self.tmp, self.split, self.dtype = tmp, split, dtype
+        self.max_len, self.on_long = max_len, on_long
+        self.limit = None if max_len is None else max_len - 1  # one token for <|eos|> / <|bos|>
+        self.lengths = {"src": array("q"), "tgt": array("q")}
+        self.files = ExitStack()  # the writer's files stay open across chunks; close() closes them
+        self.bins = {side: self.files.enter_context(open(tmp / f"{split}.{side}.bin", "wb"))  # noqa: SIM115
+                     for side in ("src", "tgt")}
+        self.tsv = (self.files.enter_context(open(tmp / f"{split}.tsv", "w", encoding="utf-8"))  # noqa: SIM115
+                    if split != "train" else None)
+        self.stats = {"truncated": 0, "skipped_long": 0}
+        self.seen = 0
+
+    def add(self, tok: Tokenizer, chunk: list[Pair]) -> None:
+        enc = {"src": tok.encode_batch([s for s, _ in chunk]), "tgt": tok.encode_batch([t for _, t in chunk])}
+        kept: dict[str, list[list[int]]] = {"src": [], "tgt": []}
+        for i, (pair, s, t) in enumerate(zip(chunk, enc["src"], enc["tgt"], strict=True)):
+            limit = self.limit
             if limit is not None and (len(s) > limit or len(t) > limit):
-                if on_long == "refuse":
+                if self.on_long == "refuse":
                     side, n = ("source", len(s)) if len(s) > limit else ("target", len(t))
                     raise ScratchLMError(
-                        f"pair {lo + i + 1} of the {split} split ({pair[0][:40]!r}...): its {side} "
-                        f"has {n} tokens, over --max-len {max_len} minus 1 for <|eos|>; raise "
-                        f"--max-len or use --on-long truncate or skip")
-                if on_long == "skip":
-                    stats["skipped_long"] += 1
+                        f"pair {self.seen + i + 1} of the {self.split} split ({pair[0][:40]!r}...): "
+                        f"its {side} has {n} tokens, over --max-len {self.max_len} minus 1 for "
+                        f"<|eos|>; raise --max-len or use --on-long truncate or skip")
+                if self.on_long == "skip":
+                    self.stats["skipped_long"] += 1
                     continue
-                stats["truncated"] += 1
+                self.stats["truncated"] += 1
                 s, t = s[:limit], t[:limit]
-            kept.append(pair)
-            src_ids.append(s)
-            tgt_ids.append(t)
-    return kept, src_ids, tgt_ids, stats
+            kept["src"].append(s)
+            kept["tgt"].append(t)
+            if self.tsv is not None:
+                self.tsv.write(f"{pair[0]}\t{pair[1]}\n")
+        self.seen += len(chunk)
+        for side, ids in kept.items():
+            self.lengths[side].extend(len(x) for x in ids)
+            flat = [t for x in ids for t in x]
+            np.asarray(flat, dtype=self.dtype).tofile(self.bins[side])
 
-
-def _write_ids(tmp: Path, name: str, ids: list[list[int]], dtype: np.dtype) -> None:
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum([len(x) for x in ids], out=offsets[1:])
-    flat = np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(offsets[-1]))
-    flat.tofile(tmp / f"{name}.bin")
-    np.save(tmp / f"{name}.idx.npy", offsets)
+    def close(self) -> dict:
+        """Close the files and write the offsets; return the split's counts for meta.json."""
+        self.files.close()
+        counts: dict = {"pairs": len(self.lengths["src"])}
+        for side, lengths in self.lengths.items():
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
+            np.save(self.tmp / f"{self.split}.{side}.idx.npy", offsets)
+            counts[f"{side}_tokens"] = int(offsets[-1])
+        for side in ("src", "tgt"):  # with <|eos|> (src, labels) or <|bos|> (tgt_in)
+            counts[f"max_{side}_len"] = max(self.lengths[side], default=0) + 1
+        return counts
 
 
 def prepare_pairs(
@@ -107,41 +135,37 @@ def prepare_pairs(
     _check_policy("on-long", on_long, LONG_POLICIES)
     if max_len is not None and max_len < 2:
         raise ScratchLMError(f"--max-len must be at least 2 (one token and <|eos|>), got {max_len}")
-    splits = load_splits(data, valid_fraction=valid_fraction, on_empty=on_empty,
-                         src_field=src_field, tgt_field=tgt_field, on_bad=on_bad)
+    streams = split_streams(data, valid_fraction=valid_fraction, on_empty=on_empty,
+                            src_field=src_field, tgt_field=tgt_field, on_bad=on_bad)
     dataset_meta = Path(data) / "meta.json" if isinstance(data, (str, os.PathLike)) else None
     if dataset_meta is not None and dataset_meta.is_file():
         found = read_json(dataset_meta)
         src_lang, tgt_lang = src_lang or found.get("src_lang"), tgt_lang or found.get("tgt_lang")
-    train = splits["train"].pairs
-    tok = tokenizer_for(tokenizer, texts=lambda: _pair_texts(train), vocab_size=vocab_size,
-                        what=f"both sides of {len(train):,} train pairs", show_progress=show_progress)
+    tok = tokenizer_for(tokenizer, texts=lambda: _pair_texts(streams["train"]), vocab_size=vocab_size,
+                        what="both sides of the train pairs", show_progress=show_progress)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     counts: dict[str, dict] = {}
     with atomic_dir(out) as tmp:
-        for split, ps in splits.items():
-            kept, src_ids, tgt_ids, stats = _encode(tok, split, ps.pairs, max_len=max_len,
-                                                    on_long=on_long)
-            if not kept:
-                raise ScratchLMError(f"every pair of the {split} split is over --max-len {max_len}; "
-                                     f"raise it or use --on-long truncate")
+        for split, stream in streams.items():
+            read = PairSet([], stream.source)
+            writer = _SplitWriter(tmp, split, dtype, max_len=max_len, on_long=on_long)
+            try:
+                for chunk in _chunks(stream.pairs(read, report=True)):
+                    writer.add(tok, chunk)
+            finally:
+                c = writer.close()
+            stats = writer.stats
+            if not c["pairs"]:
+                if stats["skipped_long"]:
+                    raise ScratchLMError(f"every pair of the {split} split is over --max-len "
+                                         f"{max_len}; raise it or use --on-long truncate")
+                raise ScratchLMError(f"the {split} split is empty ({stream.source}); give more "
+                                     f"pairs or change --valid-fraction")
             if stats["truncated"] or stats["skipped_long"]:
                 what = "truncated" if stats["truncated"] else "skipped"
                 warn(f"{what} {stats['truncated'] or stats['skipped_long']} {split} pair(s) longer "
                      f"than --max-len {max_len} tokens")
-            _write_ids(tmp, f"{split}.src", src_ids, dtype)
-            _write_ids(tmp, f"{split}.tgt", tgt_ids, dtype)
-            if split != "train":
-                write_tsv(tmp / f"{split}.tsv", kept)
-            counts[split] = {
-                "pairs": len(kept),
-                "src_tokens": sum(map(len, src_ids)),
-                "tgt_tokens": sum(map(len, tgt_ids)),
-                "max_src_len": max(map(len, src_ids)) + 1,  # with <|eos|>
-                "max_tgt_len": max(map(len, tgt_ids)) + 1,  # with <|bos|> (tgt_in) or <|eos|> (labels)
-                "skipped_empty": ps.skipped_empty,
-                **stats,
-            }
+            counts[split] = {**c, "skipped_empty": read.skipped_empty, **stats}
         tok.save(tmp / "tokenizer")
         meta = {
             "format": "scratchlm-pairs/1",
@@ -159,7 +183,7 @@ def prepare_pairs(
             "max_src_len": max(c["max_src_len"] for c in counts.values()),
             "max_tgt_len": max(c["max_tgt_len"] for c in counts.values()),
             "splits": counts,
-            "sources": {s: ps.source for s, ps in splits.items()},
+            "sources": {s: stream.source for s, stream in streams.items()},
         }
         write_json(tmp / "meta.json", meta)
     return meta
