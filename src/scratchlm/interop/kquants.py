@@ -67,13 +67,14 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
     span = np.where(flat, F(1), mx - mn)
     iscale = F(nmax) / span
     scale = F(1) / iscale
-    xm = x - mn[:, None]  # (n, 32)
-    L = np.clip(_rint(iscale[:, None] * xm), 0, nmax)
+    L = np.clip(_rint(iscale[:, None] * (x - mn[:, None])), 0, nmax)
     diff = scale[:, None] * L.astype(F) + mn[:, None] - x
     best = _seqsum(w * (diff * diff))
     for step in range(nstep + 1):
+        # as in ggml, `min` is the best solution's so far: later candidates start from it
+        span = np.where(flat, F(1), mx - mn)
         iscale = (F(rmin) + F(rdelta) * F(step) + F(nmax)) / span
-        la = np.clip(_rint(iscale[:, None] * xm), 0, nmax)
+        la = np.clip(_rint(iscale[:, None] * (x - mn[:, None])), 0, nmax)
         lf = la.astype(F)
         wl = w * lf
         sum_l, sum_l2, sum_xl = _seqsum(wl), _seqsum(wl * lf), _seqsum(wl * x)
