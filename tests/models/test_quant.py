@@ -60,7 +60,8 @@ def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained, quan
     fp, tok = scratchlm.load(path)
     q, _ = scratchlm.load(path, quantize=quantize)  # the Python API
     assert not any(type(m) is nn.Linear for m in q.modules())
-    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 4 + 1  # + the tied head
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 4
+    assert isinstance(q.lm_head, quant.HalfLinear)  # the (tied) output layer keeps 16-bit weights
     ppl_fp = evaluate_lm(fp, tok, data)["perplexity"]
     ppl_q = evaluate_lm(q, tok, data)["perplexity"]
     assert ppl_fp < 0.5 * data.vocab_size  # it did learn something
@@ -82,6 +83,8 @@ def test_every_linear_is_swapped_and_logits_stay_close(family, kernel):
     q = copy.deepcopy(model)
     names = quantize_int8(q, kernel=kernel)
     assert names == [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] and names
+    assert isinstance(q.lm_head, quant.HalfLinear)
+    assert all(isinstance(q.get_submodule(n), Int8Linear) for n in names if n != "lm_head")
     ids = torch.randint(3, 61, (2, 9))
     with torch.inference_mode():
         if family == "seq2seq_transformer":
