@@ -292,7 +292,7 @@ def test_existing_tokenizer_and_errors(pair_dir, tmp_path):
     meta = prepare_pairs({"train": pairs[:20], "valid": pairs[20:25]}, out=tmp_path / "d",
                          tokenizer=str(out / "tokenizer"), show_progress=False)
     assert meta["vocab_size"] == PairData(out).vocab_size
-    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer or model directory"):
+    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer, model or data directory"):
         prepare_pairs({"train": pairs}, out=tmp_path / "e", tokenizer="nope", show_progress=False)
     with pytest.raises(ScratchLMError, match="the val split is empty"):
         prepare_pairs({"train": pairs, "valid": []}, out=tmp_path / "e", show_progress=False)

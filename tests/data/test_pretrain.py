@@ -139,6 +139,9 @@ def test_tokenizer_json_file(tmp_path, corpus, char_data):
             show_progress=False)
     tok = Tokenizer.load(tmp_path / "b" / "tokenizer")
     assert tok.eos_id == 3 and np.fromfile(tmp_path / "b" / "val.bin", dtype=np.uint16)[-1] == 3
-    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer or model directory"):
+    # a prepared data directory gives the tokenizer its meta.json names (data prepared alike)
+    meta = prepare([corpus], out=tmp_path / "d", tokenizer=str(char_data), show_progress=False)
+    assert (tmp_path / "d" / "train.bin").read_bytes() == (char_data / "train.bin").read_bytes()
+    with pytest.raises(ScratchLMError, match="neither 'char', 'bpe', a tokenizer, model or data directory"):
         prepare([tmp_path / "t.txt"], out=tmp_path / "c", tokenizer=str(tmp_path / "t.txt"),
                 show_progress=False)

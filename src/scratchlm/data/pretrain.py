@@ -71,7 +71,7 @@ def tokenizer_for(
 ) -> Tokenizer:
     """The one --tokenizer rule of every prepare (text, pairs, SFT): a Tokenizer is used as
     it is; 'char' or 'bpe' trains a new one on `texts()` (`what` says on what); anything else
-    is a tokenizer or model directory, a tokenizer.json file or a GGUF file."""
+    is a tokenizer, model or prepared data directory, a tokenizer.json file or a GGUF file."""
     if isinstance(spec, Tokenizer):
         return spec
     if str(spec) in ("char", "bpe"):

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.fileio import atomic_file, read_json, write_json
+from scratchlm.fileio import atomic_file, inside_dir, read_json, write_json
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
@@ -272,12 +272,17 @@ def _roles_from_names(hf: HFTokenizer) -> dict:
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """--tokenizer given as a path: a tokenizer or model directory, or a tokenizer.json file
-    (a GGUF file's tokenizer: `scratchlm.interop.gguf.load_tokenizer`)."""
+    """--tokenizer given as a path: a tokenizer, model or prepared data directory, or a
+    tokenizer.json file (a GGUF file's tokenizer: `scratchlm.interop.gguf.load_tokenizer`)."""
     p = Path(spec)
     if not (p.is_dir() or (p.is_file() and p.suffix.lower() == ".json")):
-        raise ScratchLMError(f"--tokenizer {str(spec)!r} is neither 'char', 'bpe', a tokenizer or "
-                             f"model directory, a tokenizer.json file nor a GGUF file")
+        raise ScratchLMError(f"--tokenizer {str(spec)!r} is neither 'char', 'bpe', a tokenizer, "
+                             f"model or data directory, a tokenizer.json file nor a GGUF file")
+    if p.is_dir() and not (p / "tokenizer.json").is_file() and (p / "meta.json").is_file():
+        # a prepared data directory (prepare --tokenizer data/general): the tokenizer it names
+        name = read_json(p / "meta.json").get("tokenizer")
+        if isinstance(name, str):
+            p = inside_dir(p, name, source=str(p / "meta.json"))
     return Tokenizer.load(p)
 
 
