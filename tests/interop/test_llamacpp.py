@@ -12,8 +12,11 @@ For each:
 - llama.cpp's greedy continuation of a held-out prompt on our F16 export is the text of
   scratchlm's greedy tokens on the same file (llama-simple, 32 tokens);
 - llama-perplexity on held-out text: F16 equals scratchlm's own perplexity computed the way
-  llama-perplexity does (second half of each 64-token chunk), and our Q8_0 / Q4_0 exports are
-  within 2% / 10% of F16; llama-quantize makes a Q4_K_M from our F16 (within 10% too).
+  llama-perplexity does (second half of each 64-token chunk), and our Q8_0 / Q4_0 / Q4_K_M
+  exports are within 2% / 10% / 10% of F16;
+- our Q4_0 and Q4_K_M files written from the F16 file's weights are, tensor for tensor, the
+  bytes llama-quantize writes from that F16 file (the llama models have an MLP width of 256, so
+  that their ffn_down rows take real Q4_K/Q6_K blocks, as the gpt models' do).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def tokenizers(texts):
 def _train(family: str, tokenizer, text: str, batch: int = 16):
     # GPT-2's shape learns more slowly than Llama's: more steps and a larger rate.
     steps, lr = (200, 3e-3) if family == "llama" else (400, 1e-2)
-    extra = {"n_kv_head": 2, "qkv_bias": True} if family == "llama" else {}
+    extra = {"n_kv_head": 2, "qkv_bias": True, "d_ff": 256} if family == "llama" else {}
     values = {"family": family, "n_layer": 2, "n_head": 4, "d_model": 64, "block_size": N_CTX,
               "vocab_size": tokenizer.vocab_size, **extra}
     torch.manual_seed(0)
@@ -175,6 +178,12 @@ def _ppl(path, held_file) -> float:
     return float(found.group(1))
 
 
+def _tensors(path) -> dict[str, tuple[str, bytes]]:
+    import gguf
+
+    return {t.name: (t.tensor_type.name, bytes(t.data.view("uint8"))) for t in gguf.GGUFReader(str(path)).tensors}
+
+
 @pytest.mark.parametrize("f16", list(SETUPS), indirect=True)
 def test_llamacpp_perplexity_of_quantised_exports(f16, texts, tmp_path):
     arch, path, model, tokenizer = f16
@@ -182,13 +191,21 @@ def test_llamacpp_perplexity_of_quantised_exports(f16, texts, tmp_path):
     held_file.write_text(texts[1], encoding="utf-8")
     ours, tok = load_gguf(path)
     ppl = {"ours": _ppl_ours(ours, tok.encode(texts[1])), "f16": _ppl(path, held_file)}
-    for q in ("q8_0", "q4_0"):
+    for q in ("q8_0", "q4_0", "q4_k_m"):
         ppl[q] = _ppl(save_gguf(tmp_path / f"{q}.gguf", model, tokenizer, outtype=q, arch=arch),
                       held_file)
-    run_tool("llama-quantize", path, tmp_path / "q4_k_m.gguf", "Q4_K_M")
-    ppl["q4_k_m"] = _ppl(tmp_path / "q4_k_m.gguf", held_file)
     print(f"{arch}: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
     assert abs(ppl["f16"] / ppl["ours"] - 1) < 0.01
     assert abs(ppl["q8_0"] / ppl["f16"] - 1) < 0.02
     assert abs(ppl["q4_0"] / ppl["f16"] - 1) < 0.10
     assert abs(ppl["q4_k_m"] / ppl["f16"] - 1) < 0.10
+    # llama-quantize from our F16 file = our writer from the same (f16-rounded) weights
+    for q in ("q4_0", "q4_k_m"):
+        run_tool("llama-quantize", path, tmp_path / f"{q}.theirs.gguf", q.upper(), 2)
+        mine = save_gguf(tmp_path / f"{q}.mine.gguf", ours, tokenizer, outtype=q, arch=arch)
+        theirs, mine = _tensors(tmp_path / f"{q}.theirs.gguf"), _tensors(mine)
+        assert theirs.keys() == mine.keys()
+        assert [n for n in theirs if theirs[n] != mine[n]] == [], q
+        if q == "q4_k_m":
+            kinds = {t for t, _ in mine.values()}
+            assert {"Q4_K", "Q6_K"} <= kinds, kinds  # the k-quant blocks were compared
