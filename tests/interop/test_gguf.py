@@ -36,8 +36,8 @@ def _synthetic(qtype, rng) -> np.ndarray:
     elems, size = gguf.GGML_QUANT_SIZES[qtype]
     n = ROWS * COLS // elems
     blocks = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
-    scales = {Q.Q8_0: [0], Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2],
-              Q.Q6_K: [size - 2]}[qtype]
+    scales = {Q.Q8_0: [0], Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q4_K: [0, 2],
+              Q.Q5_K: [0, 2], Q.Q6_K: [size - 2]}[qtype]
     for at in scales:  # fp16 d (and min) fields: finite values
         blocks[:, at:at + 2] = _fp16_bytes(rng, n, 0.05)
     return blocks.reshape(ROWS, -1)
@@ -62,6 +62,15 @@ def _spec(qtype, raw: np.ndarray) -> np.ndarray | None:
     if qtype == Q.Q4_1:  # x = d * q + m
         m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
         return (d * lo_hi(b[:, 4:]) + m).reshape(ROWS, COLS)
+    if qtype in (Q.Q5_0, Q.Q5_1):  # q = nibble + 16 * (bit i of the 32-bit qh); Q5_0 centred, Q5_1 + m
+        at = 2 if qtype == Q.Q5_0 else 4
+        qh = b[:, at:at + 4].copy().view("<u4")  # (n, 1)
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.float32)  # (n, 32)
+        q = lo_hi(b[:, at + 4:]) + 16 * high
+        if qtype == Q.Q5_0:
+            return (d * (q - 16)).reshape(ROWS, COLS)
+        m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+        return (d * q + m).reshape(ROWS, COLS)
     return None
 
 
@@ -104,10 +113,10 @@ def test_dequantisation_matches_gguf_reference(name, tmp_path):
 
 def test_unsupported_quantisation_is_named(tmp_path):
     rng = np.random.default_rng(0)
-    elems, size = gguf.GGML_QUANT_SIZES[Q.Q5_0]
+    elems, size = gguf.GGML_QUANT_SIZES[Q.Q2_K]
     raw = rng.integers(0, 256, size=(2, 256 // elems * size), dtype=np.uint8)
-    _write(tmp_path / "t.gguf", {"token_embd.weight": (raw, Q.Q5_0)})
-    with pytest.raises(ScratchLMError, match=r"Q5_0, which is not supported \(supported: F32, F16, BF16, Q8_0"):
+    _write(tmp_path / "t.gguf", {"token_embd.weight": (raw, Q.Q2_K)})
+    with pytest.raises(ScratchLMError, match=r"Q2_K, which is not supported \(supported: F32, F16, BF16, Q8_0"):
         ours.load_gguf(tmp_path / "t.gguf")
 
 

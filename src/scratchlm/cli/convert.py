@@ -1,5 +1,5 @@
 """Convert a model between formats: `scratchlm convert SRC DST [--to scratchlm|hf|gguf
---outtype f32|f16|bf16|q8_0|q4_0 --overwrite]`.
+--outtype f32|f16|bf16|q8_0|q4_0|q4_1|q4_k_m --overwrite]`.
 
 SRC is a scratchlm model directory, a Hugging Face model directory (config.json, weights in
 model.safetensors, sharded safetensors with an index, or pytorch_model.bin; tokenizer.json,
