@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/quality_char.py
 	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/beam_speed.py
+	$(BIN)/python bench/smollm2_decode.py
 	$(BIN)/python bench/seq2seq_mt.py --minutes 12
 	$(BIN)/python bench/serve_load.py
 

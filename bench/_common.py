@@ -38,8 +38,9 @@ measured on CPU. Reproduce with `make bench`, which runs, one after the other:
     .venv/bin/python bench/train_speed.py    # training tokens/s: ours vs HF GPT2LMHeadModel
     .venv/bin/python bench/decode_speed.py   # greedy decoding tokens/s: ours vs HF generate()
     .venv/bin/python bench/quality_char.py   # char-level Shakespeare, nanoGPT's CPU recipe
-    .venv/bin/python bench/beam_speed.py     # encoder-decoder beam search: ours vs HF Marian
+    .venv/bin/python bench/beam_speed.py     # encoder-decoder beam search: ours vs HF Marian, CTranslate2
     .venv/bin/python bench/precision.py      # decoding in fp32/bf16/int8 vs HF and CTranslate2
+    .venv/bin/python bench/smollm2_decode.py # SmolLM2-135M decoding vs llama.cpp (built if absent)
 
 Each script rewrites only its own section of this file (`bench/seq2seq_mt.py`, also run by
 `make bench`, writes docs/seq2seq.md) (between its `<!-- bench:NAME -->`
@@ -174,3 +175,102 @@ def banner(msg: str) -> None:
 
 def argv_flag(name: str) -> bool:
     return name in sys.argv[1:]
+
+
+class StandInTokenizer:
+    """What CTranslate2's Transformers loaders read from a tokenizer, for a model with random
+    weights and no tokenizer files: one token string per id (`tokens[i]` is id i) and the
+    special tokens' strings."""
+
+    def __init__(self, tokens: list[str], *, bos: str | None = None, eos: str | None = None,
+                 unk: str | None = None) -> None:
+        self.tokens = tokens
+        self.bos_token, self.eos_token, self.unk_token = bos, eos, unk
+
+    def get_vocab(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+
+def ct2_convert(hf, tokenizer: StandInTokenizer) -> Path | None:
+    """Convert the in-memory Hugging Face model `hf` to a CTranslate2 float32 model directory
+    with `tokenizer`'s vocabulary, through `ctranslate2.converters.TransformersConverter` (what
+    `ct2-transformers-converter` runs; only config.json is written, the weights are read from
+    `hf`). Returns the directory, or None after printing one line when CTranslate2 is absent.
+    A float32 model loads as int8 with `compute_type="int8"` (weights quantized at load, as
+    `--quantization int8` does at conversion)."""
+    import tempfile
+    import time
+
+    try:
+        import ctranslate2  # noqa: F401
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        print("CTranslate2 is not installed (pip install ctranslate2, the `bench` extra): its rows are skipped")
+        return None
+
+    class _InMemory(TransformersConverter):
+        def load_model(self, model_class, model_name_or_path, **kwargs):
+            return hf
+
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            return tokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix="scratchlm-bench-ct2-"))
+    hf.config.save_pretrained(tmp / "hf")
+    t = time.perf_counter()
+    _InMemory(str(tmp / "hf")).convert(str(tmp / "ct2"), quantization="float32", force=True)
+    print(f"converted to CTranslate2 in {time.perf_counter() - t:.1f} s")
+    return tmp / "ct2"
+
+
+def ct2_version() -> str:
+    try:
+        import ctranslate2
+
+        return ctranslate2.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+def profile_table(fn: Callable[[], object], *, per: int = 1, top: int = 8) -> list[list[str]]:
+    """Where the time of one call of `fn` goes: torch.profiler's self CPU time by op, top
+    `top`, as md_table rows [op, ms / `per`, share, calls / `per`] (`per`: e.g. the number
+    of decoding steps the call runs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows)
+    return [[f"`{e.key}`", f"{e.self_cpu_time_total / per / 1e3:.2f}",
+             f"{100 * e.self_cpu_time_total / total:.0f}%", f"{e.count / per:.1f}"] for e in rows[:top]]
+
+
+def source_state() -> str:
+    """The scratchlm source a bench measured: the commit, and the files under src/ that differ
+    from it (a shared working tree can hold others' uncommitted changes)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return r.stdout.rstrip() if r.returncode == 0 else ""  # porcelain lines start with a space
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "src").splitlines()
+    if not changed:
+        return f"scratchlm source: commit {head}"
+    return (f"scratchlm source: commit {head} plus uncommitted changes to "
+            + ", ".join(f"`{line[3:].removeprefix('src/scratchlm/')}`" for line in changed))
+
+
+def profile_md(caption: str, rows: list[list[str]]) -> str:
+    """A caption line and profile_table's (or an equal) rows as a markdown table."""
+    return f"{caption}\n\n" + md_table(["op", "ms / step", "share", "calls / step"], rows)
+
+
+def publish(name: str, body: str, *, write: bool = True) -> None:
+    """Print a bench's section and, unless `write` is False (--quick), put it into
+    docs/benchmarks.md."""
+    print("\n" + body)
+    if write:
+        print(f"\nwrote {write_section(name, body)}")
