@@ -3,6 +3,7 @@ full fine-tuning: time per step and peak resident memory.
 
     .venv/bin/python bench/lora_step.py MODEL_DIR          # writes docs/benchmarks.md section
     .venv/bin/python bench/lora_step.py MODEL_DIR --quick  # 1 round, no doc update
+    .venv/bin/python bench/lora_step.py MODEL_DIR --dtype bfloat16   # both under bf16 autocast
 
 MODEL_DIR is SmolLM2-135M-Instruct as a model directory (`scratchlm convert
 SmolLM2-135M-Instruct.Q4_1.gguf MODEL_DIR`; transformers loads the same directory), so both
@@ -16,7 +17,10 @@ cross-entropy over all logits with ignore_index=-100; scratchlm `sft_loss`, whic
 logits only where a label is. Each configuration runs in its own process (peak RSS is per process), in rounds
 ours, peer, ours, peer, ...; the peak is the high-water mark of resident memory during the
 steps only (reset after loading through /proc/self/clear_refs), so it holds the weights,
-activations, gradients and optimizer state, not the loading.
+activations, gradients and optimizer state, not the loading. With `--dtype bfloat16` both
+sides run forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 master
+weights and AdamW state: what scratchlm's `train.dtype bfloat16` does and HF's Trainer does
+with `bf16=True`), into its own section.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def worker(model_dir: str, impl: str, method: str, labels: str) -> dict:
+def worker(model_dir: str, impl: str, method: str, labels: str, dtype: str = "float32") -> dict:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -93,9 +99,12 @@ def worker(model_dir: str, impl: str, method: str, labels: str) -> dict:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
     times = []
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
     for i in range(WARMUP + STEPS):
         t0 = time.perf_counter()
-        loss = loss_of(x, y)
+        with autocast:
+            loss = loss_of(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -108,18 +117,23 @@ def worker(model_dir: str, impl: str, method: str, labels: str) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
-        print(json.dumps(worker(*sys.argv[2:6])))
+        print(json.dumps(worker(*sys.argv[2:7])))
         return
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    dtype = sys.argv[sys.argv.index("--dtype") + 1] if "--dtype" in sys.argv else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        sys.exit(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    argv = [a for i, a in enumerate(sys.argv[1:]) if not (i and sys.argv[i] == "--dtype")]
+    args = [a for a in argv if not a.startswith("--")]
     if not args:
-        sys.exit("usage: bench/lora_step.py MODEL_DIR [--quick]")
+        sys.exit("usage: bench/lora_step.py MODEL_DIR [--quick] [--dtype float32|bfloat16]")
     model_dir, quick = args[0], C.argv_flag("--quick")
     info = C.env_info()
     rounds = 1 if quick else 3
     results: dict[str, list[dict]] = {k: [] for k in RUNS}
     for r in range(rounds):
         for name, (impl, method, labels) in RUNS.items():
-            out = subprocess.run([sys.executable, __file__, "--worker", model_dir, impl, method, labels],
+            out = subprocess.run([sys.executable, __file__, "--worker", model_dir, impl, method, labels,
+                                  dtype],
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
@@ -145,13 +159,16 @@ def main() -> None:
     verdict.append(f"LoRA vs full fine-tuning (scratchlm, SFT): {fm - om:,.0f} MB less peak "
                    f"memory, {ft / ot:.2f}x the speed.")
     verdict = " ".join(verdict)
-    body = (f"## Fine-tuning step: LoRA and full, ours vs transformers + peft\n\n"
-            f"`bench/lora_step.py`: SmolLM2-135M-Instruct (fp32), batch {BATCH} x {SEQ}, LoRA "
+    precision = "fp32" if dtype == "float32" else "bf16 autocast on both sides, fp32 master weights"
+    title = "" if dtype == "float32" else ", bf16 autocast"
+    body = (f"## Fine-tuning step: LoRA and full, ours vs transformers + peft{title}\n\n"
+            f"`bench/lora_step.py`: SmolLM2-135M-Instruct ({precision}), batch {BATCH} x {SEQ}, LoRA "
             f"r=8 on q_proj+v_proj, median of {STEPS} steps after {WARMUP}, {rounds} rounds "
             f"of separate processes. {C.env_lines(info)}\n\n{table}\n\n{verdict}\n")
     print("\n" + body)
     if not quick:
-        print(f"wrote {C.write_section('lora_step', body)}")
+        name = "lora_step" if dtype == "float32" else "lora_step_bf16"
+        print(f"wrote {C.write_section(name, body)}")
 
 
 if __name__ == "__main__":
