@@ -168,7 +168,7 @@ def main() -> None:
         f"Goal (issue 13): bf16's final validation loss within 1% of fp32's: {gap:+.2%}, "
         f"**{'met' if abs(gap) <= 0.01 else 'not met'}**. bf16 ran at "
         f"{tok_s_bf16 / tok_s_med:.2f}x fp32's tokens/s on this CPU. `train.dtype auto` trains "
-        f"in bf16 only where bf16 training is fast (CUDA, or a CPU with AMX): here it picks "
+        f"in bf16 only where bf16 training is fast (CUDA, or a CPU whose measured bf16 GEMM is fast): here it picks "
         f"{'bf16' if info_caps().fast_bf16_training else 'fp32'}. Exact resume in bf16 is tested "
         "in tests/train/test_bf16.py.",
     ])

@@ -35,7 +35,8 @@ def test_auto_picks_bf16_only_where_bf16_training_is_fast(monkeypatch):
 
     caps = capabilities()
     cpu = torch.device("cpu")
-    for amx, speedup, want in ((True, 3.0, torch.bfloat16), (False, 3.0, None), (True, 0.5, None)):
+    for amx, speedup, want in ((True, 3.0, torch.bfloat16), (False, 3.0, torch.bfloat16),
+                               (True, 0.5, None), (False, 0.5, None), (False, None, None)):
         monkeypatch.setattr(trainer, "capabilities",
                             lambda a=amx, s=speedup: replace(caps, amx_bf16=a, bf16_speedup=s))
         assert trainer.autocast_dtype("auto", cpu) == want

@@ -103,8 +103,9 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast only where it is fast: bf16 on CUDA that supports it, and on CPUs where bf16
-    training is fast (`Capabilities.fast_bf16_training`: AMX). Elsewhere fp32: bf16 matmuls
-    are ~100x slower on AVX2-only CPUs. Master weights and optimizer state stay fp32."""
+    training is fast (`Capabilities.fast_bf16_training`: a measured fast bf16 GEMM, AMX or
+    AVX-512 BF16). Elsewhere fp32: bf16 matmuls are ~100x slower on AVX2-only CPUs. Master
+    weights and optimizer state stay fp32."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
