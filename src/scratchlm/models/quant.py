@@ -144,7 +144,7 @@ def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
                              f"{torch.backends.quantized.supported_engines}; use --quantize none")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ScratchLMError("--quantize int8 runs on CPU only; use --device cpu or --quantize none")
-    if kernel == "dynamic" or caps.fast_int8:
+    if caps.fast_int8:  # the dynamic kernel and HalfLinear run on this engine
         torch.backends.quantized.engine = caps.int8_engine
     swapped = []
     for name, module in list(model.named_modules()):

@@ -39,6 +39,7 @@ from scratchlm.tokenizers import Tokenizer
 
 CHUNK_PAIRS = 4096  # encode this many sentences at a time
 
+
 def _pair_texts(train: SplitStream) -> Iterator[str]:
     """Both sides of the train pairs, in chunks, for training a tokenizer."""
     for chunk in _chunks(train.pairs()):
@@ -71,8 +72,8 @@ class _SplitWriter:
     def add(self, tok: Tokenizer, chunk: list[Pair]) -> None:
         enc = {"src": tok.encode_batch([s for s, _ in chunk]), "tgt": tok.encode_batch([t for _, t in chunk])}
         kept: dict[str, list[list[int]]] = {"src": [], "tgt": []}
+        limit = self.limit
         for i, (pair, s, t) in enumerate(zip(chunk, enc["src"], enc["tgt"], strict=True)):
-            limit = self.limit
             if limit is not None and (len(s) > limit or len(t) > limit):
                 if self.on_long == "refuse":
                     side, n = ("source", len(s)) if len(s) > limit else ("target", len(t))
@@ -104,8 +105,8 @@ class _SplitWriter:
             np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
             np.save(self.tmp / f"{self.split}.{side}.idx.npy", offsets)
             counts[f"{side}_tokens"] = int(offsets[-1])
-        for side in ("src", "tgt"):  # with <|eos|> (src, labels) or <|bos|> (tgt_in)
-            counts[f"max_{side}_len"] = max(self.lengths[side], default=0) + 1
+        for side, lengths in self.lengths.items():  # with <|eos|> (src, labels) or <|bos|> (tgt_in)
+            counts[f"max_{side}_len"] = max(lengths, default=0) + 1
         return counts
 
 

@@ -207,8 +207,11 @@ def read_pair_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike, *,
                     on_empty: str = "skip") -> PairSet:
     """Pairs from two line-aligned text files: line i of one translates line i of the other."""
     _check_policy("on-empty", on_empty, EMPTY_POLICIES)
-    sp, tp = Path(src_path), Path(tgt_path)
-    return _collect(SplitStream(f"{sp} + {tp}", lambda report: _aligned_rows(sp, tp), on_empty))
+    return _collect(_aligned_stream(Path(src_path), Path(tgt_path), on_empty))
+
+
+def _aligned_stream(sp: Path, tp: Path, on_empty: str) -> SplitStream:
+    return SplitStream(f"{sp} + {tp}", lambda report: _aligned_rows(sp, tp), on_empty)
 
 
 def _file_stream(path: Path, *, on_empty: str, src_field: str, tgt_field: str,
@@ -260,8 +263,7 @@ def split_streams(data: PairSource, *, valid_fraction: float = 0.1, on_empty: st
             splits[split_name(name) or name] = SplitStream(f"the {name} pairs", lambda _, r=rows: iter(r),
                                                            on_empty)
     elif isinstance(data, tuple):
-        sp, tp = Path(data[0]), Path(data[1])
-        splits = {"train": SplitStream(f"{sp} + {tp}", lambda report: _aligned_rows(sp, tp), on_empty)}
+        splits = {"train": _aligned_stream(Path(data[0]), Path(data[1]), on_empty)}
     elif Path(data).is_dir() and readers.is_hf_dataset(Path(data)):
         d = Path(data)
         names = readers.hf_splits(d)
