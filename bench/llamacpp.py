@@ -37,6 +37,24 @@ CMAKE_FLAGS = ("-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Relea
                "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF")
 
 
+def tool_env() -> dict[str, str]:
+    """The environment to run llama.cpp's tools in. On CPUs with AMX-INT8, this llama.cpp
+    repacks weights for its AMX kernels, and `ggml_backend_amx_mul_mat` then crashes (SIGSEGV)
+    on any batch of more than one token (seen on a 2-core Sapphire Rapids Xeon, 2026-12-02:
+    llama-completion, llama-perplexity, llama-batched-bench, llama-bench -p 32; decoding one
+    token at a time from an empty context runs). There repacking is turned off
+    (LLAMA_ARG_REPACK=0), so its AVX-512/VNNI kernels run instead; elsewhere nothing changes."""
+    env = dict(os.environ)
+    try:
+        with open("/proc/cpuinfo") as f:
+            amx = " amx_int8" in f.read()
+    except OSError:
+        amx = False
+    if amx:
+        env.setdefault("LLAMA_ARG_REPACK", "0")
+    return env
+
+
 def find_bin_dir() -> Path | None:
     """The directory holding every target, or None (no build attempted)."""
     env = os.environ.get("SCRATCHLM_LLAMACPP_BIN")

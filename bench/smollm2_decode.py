@@ -90,7 +90,7 @@ def llama_files(bin_dir: Path, q41: Path) -> dict[str, Path]:
             src = src or files["F16"]
             tmp = dst.with_suffix(".tmp")
             cmd = [str(bin_dir / "llama-quantize"), "--allow-requantize", str(src), str(tmp), typ]
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=llamacpp.tool_env())
             if r.returncode != 0:
                 print(f"llama-quantize to {typ} failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
                 continue
@@ -104,12 +104,14 @@ def run_llama(exe: Path, gguf: Path, batch: int, threads: int) -> tuple[float, f
     cmd = [str(exe), "-m", str(gguf), "-c", str(batch * (PROMPT + NEW) + 16), "-b", "2048",
            "-ub", "512", "-npp", str(PROMPT), "-ntg", str(NEW), "-npl", str(batch),
            "-t", str(threads), "-tb", str(threads), "--output-format", "jsonl"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=llamacpp.tool_env())
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not rows:
         raise RuntimeError(f"llama-batched-bench failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
     row = rows[-1]
     run_llama.info = {k: row[k] for k in ("flash_attn", "n_threads", "n_threads_batch") if k in row}
+    if llamacpp.tool_env().get("LLAMA_ARG_REPACK") == "0":  # AMX CPUs: see llamacpp.tool_env
+        run_llama.info["repack"] = "off (its AMX kernels crash on prompts here)"
     return row["speed_tg"], batch * NEW / row["t"]
 
 

@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.llamacpp import CACHE, find_bin_dir
+from bench.llamacpp import CACHE, find_bin_dir, tool_env
 
 BIN = find_bin_dir()
 if BIN is None:
@@ -54,7 +54,8 @@ SETUPS = {"qwen2": ("llama", "bpe"), "llama": ("llama", "bpe"), "gpt2": ("gpt", 
 def run_tool(name: str, *args) -> subprocess.CompletedProcess:
     """Run one llama.cpp binary (stdout: its output, stderr: its log); the test fails with the
     end of the log if it exits non-zero."""
-    proc = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, timeout=600)
+    proc = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, timeout=600,
+                          env=tool_env())
     # Tokens print as their bytes: a multi-byte character may be cut (decoded as U+FFFD).
     proc.stdout, proc.stderr = (b.decode("utf-8", errors="replace") for b in (proc.stdout, proc.stderr))
     if proc.returncode != 0:

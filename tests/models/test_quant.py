@@ -82,7 +82,11 @@ def test_every_linear_is_swapped_and_logits_stay_close(family, kernel):
     model = tiny_model(family, vocab_size=61).eval()
     q = copy.deepcopy(model)
     names = quantize_int8(q, kernel=kernel)
-    assert names == [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] and names
+    fused = copy.deepcopy(model)
+    assert quant.fuse_linears(fused) == ([] if family != "llama" else [
+        f"model.layers.{i}.{n}" for i in range(model.config.n_layer)
+        for n in ("self_attn.qkv_proj", "mlp.gate_up_proj")])
+    assert names == [n for n, m in fused.named_modules() if isinstance(m, nn.Linear)] and names
     assert isinstance(q.lm_head, quant.HalfLinear)
     assert all(isinstance(q.get_submodule(n), Int8Linear) for n in names if n != "lm_head")
     ids = torch.randint(3, 61, (2, 9))
@@ -194,3 +198,14 @@ def test_cli_bad_precision_is_one_line(trained, tmp_path, capsys, monkeypatch):
                           "--max-new-tokens", "3", "--dtype", "bfloat16")
     assert code == 0 and "warning: --dtype bfloat16 will be slow" in err
     assert len([ln for ln in err.splitlines() if ln.startswith("warning")]) == 1
+
+
+def test_fused_projections_compute_what_the_parts_did():
+    """fuse_linears (q/k/v and gate/up in one matmul each), biases included, in fp32."""
+    model = tiny_model("llama", vocab_size=61, qkv_bias=True, mlp_bias=True).eval()
+    fused = copy.deepcopy(model)
+    assert len(quant.fuse_linears(fused)) == 2 * model.config.n_layer
+    assert fused.model.layers[0].self_attn.q_proj is None and quant.fuse_linears(fused) == []
+    ids = torch.randint(3, 61, (2, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(ids), model(ids))

@@ -91,14 +91,22 @@ class RotaryEmbedding(nn.Module):
 class SwiGLU(nn.Module):
     """Gated MLP with SiLU (Shazeer 2020, "GLU Variants Improve Transformer")."""
 
+    # For inference, models/quant.py may replace gate/up by one layer (`fuse_linears`).
+    fusable = {"gate_up_proj": ("gate_proj", "up_proj")}
+
     def __init__(self, d_model: int, d_ff: int, *, bias: bool = False) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 # At most this many rows take the decoding path of `output_logits`.

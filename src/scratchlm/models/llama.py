@@ -110,6 +110,10 @@ def rope_at(rope: RotaryEmbedding, x: torch.Tensor, position_ids: torch.Tensor) 
 
 
 class Attention(nn.Module):
+    # For inference, models/quant.py may replace q/k/v by one layer over their stacked
+    # weights (`fuse_linears`): one matmul instead of three.
+    fusable = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -118,6 +122,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.o_bias)
+        self.qkv_proj: nn.Module | None = None
+        self.qkv_sizes = (cfg.n_head * cfg.head_dim, self.n_kv * cfg.head_dim, self.n_kv * cfg.head_dim)
 
     def forward(
         self, x: torch.Tensor, *, rope: RotaryEmbedding, start: int, cache: KVCache | None,
@@ -125,9 +131,13 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if position_ids is None:
             q, k = rope(q, start=start), rope(k, start=start)
         else:

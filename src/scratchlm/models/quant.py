@@ -126,9 +126,44 @@ def int8_kernel(quantize: str = "int8") -> str:
     return "dynamic"
 
 
+def fuse_linears(model: nn.Module) -> list[str]:
+    """Where a module lists `fusable` groups (fused name -> layers reading the same input),
+    replace the layers by one `nn.Linear` over their stacked weights, in place; returns the
+    fused names. For inference only: the parts are gone (None), so are their state-dict names.
+
+    One matmul instead of three (q/k/v) or two (gate/up) matters most when decoding one
+    token: each call costs ~10-20 us of dispatch and dtype conversion beside its arithmetic.
+    Per-row int8 scales are the same fused or not, so quality is unchanged."""
+    fused = []
+    for name, module in list(model.named_modules()):
+        for target, parts in getattr(module, "fusable", {}).items():
+            layers = [getattr(module, p) for p in parts]
+            if not all(isinstance(layer, nn.Linear) for layer in layers):
+                continue  # already fused, or not plain linear layers
+            for layer in layers:
+                if hasattr(layer, "merge"):  # a LoRA layer: fold the adapter in first
+                    layer.merge()
+            w = torch.cat([layer.weight.detach() for layer in layers])  # (sum of outs, in)
+            bias = None
+            if any(layer.bias is not None for layer in layers):
+                bias = torch.cat([layer.bias.detach() if layer.bias is not None
+                                  else w.new_zeros(layer.out_features) for layer in layers])
+            one = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                one.weight.copy_(w)
+                if bias is not None:
+                    one.bias.copy_(bias)
+            setattr(module, target, one.eval())
+            for p in parts:
+                setattr(module, p, None)
+            fused.append(f"{name}.{target}" if name else target)
+    return fused
+
+
 def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
-    """Swap every `nn.Linear` of `model` (LoRA layers merged first) for an `Int8Linear`, the
-    output layer for a `HalfLinear` where fbgemm runs, in place; returns the swapped names.
+    """Swap every `nn.Linear` of `model` (LoRA layers merged, `fusable` ones fused first) for
+    an `Int8Linear`, the output layer for a `HalfLinear` where fbgemm runs, in place; returns
+    the swapped names.
     `kernel`: weight_only or dynamic (default: `int8_kernel()`). Raises where int8 cannot run."""
     from scratchlm.registry import families_with, get_family
 
@@ -146,6 +181,7 @@ def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
         raise ScratchLMError("--quantize int8 runs on CPU only; use --device cpu or --quantize none")
     if caps.fast_int8:  # the dynamic kernel and HalfLinear run on this engine
         torch.backends.quantized.engine = caps.int8_engine
+    fuse_linears(model)
     swapped = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
