@@ -3,7 +3,7 @@
 int8 replaces every `nn.Linear` of a model with `Int8Linear`, as LoRA swaps its layers
 (peft/lora.py): the model class is unchanged, only its linear layers are. An `Int8Linear`
 keeps its weight as int8, one scale per output row (symmetric, per-channel). Embeddings,
-norms and attention stay fp32. The output layer (`lm_head`) is the exception, as in
+norms and attention stay fp32. Under `int8` the output layer (`lm_head`) is the exception, as in
 llama.cpp's quantized types (output.weight stays Q6_K/Q8_0): it keeps 16-bit weights
 (`HalfLinear`, fp16 x fp32 activations), because one int8 scale per vocabulary row flips
 near-tied argmaxes. Measured on SmolLM2-135M-Instruct, the 143 ChatterBot test prompts, the
@@ -15,7 +15,10 @@ int8 weight-only kernel on that 49,152 x 576 layer (1.8 ms at batch 1, one Zen 4
   `torch._weight_int8pack_mm`), so the quality is bf16's; elsewhere as int8-dynamic.
 - `quantize="int8-dynamic"`: fbgemm's dynamic W8A8 (Jacob et al. 2018): activations are
   quantized per tensor at each call. Fastest per layer, but LLMs' outlier activation
-  channels make greedy outputs drift (see `Int8Linear`).
+  channels make greedy outputs drift (see `Int8Linear`). Its output layer is W8A8 too, as
+  CTranslate2's int8 is: the speed mode does the peer's work (GPT-2's 50,257 x 768 head at
+  batch 1 on a 2-core Sapphire Rapids: 1.3 ms W8A8 vs 4.0 ms fp16 weights; at 40 rows 6.6 vs
+  19.8 ms; `bench/lm_head_gemv.py --kernels`).
 
 Measured on a Zen 4 (AVX-512 BF16 + VNNI, no AMX), GPT-2 124M's linear shapes, 1 thread,
 summed over one layer plus 1/12 of the output layer: fp32 1.43 ms at batch 1 / 4.53 ms at
@@ -160,10 +163,10 @@ def fuse_linears(model: nn.Module) -> list[str]:
     return fused
 
 
-def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
+def quantize_int8(model: nn.Module, *, kernel: str | None = None, output: str = "fp16") -> list[str]:
     """Swap every `nn.Linear` of `model` (LoRA layers merged, `fusable` ones fused first) for
-    an `Int8Linear`, the output layer for a `HalfLinear` where fbgemm runs, in place; returns
-    the swapped names.
+    an `Int8Linear`, the output layer for a `HalfLinear` where fbgemm runs (`output="fp16"`)
+    or an `Int8Linear` too (`output="int8"`, int8-dynamic), in place; returns the swapped names.
     `kernel`: weight_only or dynamic (default: `int8_kernel()`). Raises where int8 cannot run."""
     from scratchlm.registry import families_with, get_family
 
@@ -192,7 +195,7 @@ def quantize_int8(model: nn.Module, *, kernel: str | None = None) -> list[str]:
         owner = model.get_submodule(parent) if parent else model
         if name == OUTPUT_LAYER and not caps.fast_int8:
             continue  # HalfLinear needs fbgemm: the output layer stays fp32
-        setattr(owner, leaf, HalfLinear(module) if name == OUTPUT_LAYER
+        setattr(owner, leaf, HalfLinear(module) if name == OUTPUT_LAYER and output == "fp16"
                 else Int8Linear(module, kernel=kernel, reduce_range=not caps.vnni))
         swapped.append(name)
     return swapped
@@ -211,6 +214,8 @@ class Precision:
         kernel = {"weight_only": "int8 weights x bf16 activations (weight-only)",
                   "dynamic": "int8 weights x int8 activations (fbgemm dynamic)"}
         head = "; output layer fp16 weights" if capabilities().fast_int8 else "; output layer fp32"
+        if self.quantize == "int8-dynamic":
+            head = "; output layer too"
         what = (kernel[int8_kernel(self.quantize)] + head if self.quantize != "none"
                 else f"{str(self.dtype).removeprefix('torch.')} weights and activations")
         return f"precision: {what}" + (f" ({self.reason})" if self.reason else "")
@@ -258,7 +263,8 @@ def apply_precision(model: nn.Module, precision: Precision) -> nn.Module:
     model.eval()
     if precision.quantize != "none":
         model.float()
-        quantize_int8(model, kernel=int8_kernel(precision.quantize))
+        quantize_int8(model, kernel=int8_kernel(precision.quantize),
+                      output="int8" if precision.quantize == "int8-dynamic" else "fp16")
     else:
         model.to(dtype=precision.dtype)
     return model
