@@ -243,7 +243,8 @@ def profile_table(fn: Callable[[], object], *, per: int = 1, top: int = 8) -> li
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in rows)
     return [[f"`{e.key}`", f"{e.self_cpu_time_total / per / 1e3:.2f}",
-             f"{100 * e.self_cpu_time_total / total:.0f}%", f"{e.count / per:.1f}"] for e in rows[:top]]
+             f"{100 * e.self_cpu_time_total / total:.0f}%", f"{e.count / per:.1f}"] for e in rows[:top]] + [
+        ["all ops", f"{total / per / 1e3:.2f}", "100%", f"{sum(e.count for e in rows) / per:.1f}"]]
 
 
 def source_state() -> str:

@@ -13,7 +13,7 @@ its weights (interop/marian.py) and CTranslate2 converts it (`TransformersConver
 `ct2-transformers-converter` runs, with a stand-in vocabulary: "</s>", "<unk>", "t2", ...,
 "<pad>"; fed those strings). scratchlm bf16 is `--dtype bfloat16`, int8 is `--quantize int8`
 (weight-only int8 x bf16 activations where bf16 is fast), int8-dynamic `--quantize
-int8-dynamic` (fbgemm W8A8); CTranslate2 int8 is its float32 model loaded with
+int8-dynamic` (fbgemm W8A8, the output layer included); CTranslate2 int8 is its float32 model loaded with
 compute_type="int8".
 
 Work is made equal: 8 sources of 20 random tokens decoded as one batch with 5 beams for
@@ -37,7 +37,7 @@ from precision import option, same_share
 from scratchlm.config import run_config_from_dict
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.interop.marian import from_marian_config, from_marian_state_dict
-from scratchlm.models.quant import quantize_int8
+from scratchlm.models.quant import apply_precision, choose_precision, int8_kernel
 from scratchlm.registry import build_model
 
 VOCAB, D, LAYERS, HEADS, FFN = 58101, 512, 6, 8, 2048
@@ -146,11 +146,10 @@ def main() -> None:
     n_hf = sum(p.numel() for p in hf.parameters())
     print(f"parameters: ours {n_ours / 1e6:.1f}M, HF Marian {n_hf / 1e6:.1f}M")
     bf16 = copy.deepcopy(ours).to(torch.bfloat16)
-    int8 = copy.deepcopy(ours)
-    quantize_int8(int8)  # what --quantize int8 runs on this CPU
-    kernel = next(m.kernel for m in int8.modules() if hasattr(m, "kernel"))
-    int8_dyn = copy.deepcopy(ours)
-    quantize_int8(int8_dyn, kernel="dynamic")
+    # What --quantize int8 and --quantize int8-dynamic run on this CPU (the CLI's own path).
+    int8 = apply_precision(copy.deepcopy(ours), choose_precision(quantize="int8"))
+    int8_dyn = apply_precision(copy.deepcopy(ours), choose_precision(quantize="int8-dynamic"))
+    kernel = int8_kernel("int8")
     runners = {"scratchlm fp32": (run_ours, ours), "scratchlm bf16": (run_ours, bf16),
                f"scratchlm int8 ({kernel.replace('_', '-')})": (run_ours, int8),
                "scratchlm int8-dynamic": (run_ours, int8_dyn), "HF fp32": (run_hf, hf)}
@@ -206,7 +205,8 @@ def main() -> None:
         f"median of {repeats} interleaved repeats (± half the min-max range), {threads} threads "
         f"everywhere (CTranslate2 {C.ct2_version()}: intra_threads={threads}). scratchlm bf16 is "
         f"`--dtype bfloat16`, int8 ({kernel.replace('_', '-')}) is what `--quantize int8` runs on this CPU, "
-        "int8-dynamic is `--quantize int8-dynamic` (fbgemm W8A8); CTranslate2 int8 is "
+        "int8-dynamic is `--quantize int8-dynamic` (fbgemm W8A8 in every linear layer, the "
+        "output layer included); CTranslate2 int8 is "
         "compute_type=\"int8\". \"same tokens\": share of the best hypotheses' positions equal to "
         "HF fp32's up to each row's first difference (loose: random weights make near-ties "
         "common, and scratchlm does not mask the end token as HF and CTranslate2 do).",

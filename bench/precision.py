@@ -31,7 +31,7 @@ import decode_speed
 import torch
 from decode_speed import GPT2, PROMPT, build_pair, run_hf, run_ours
 
-from scratchlm.models.quant import quantize_int8
+from scratchlm.models.quant import apply_precision, choose_precision, int8_kernel
 
 NEW = decode_speed.NEW
 
@@ -81,20 +81,23 @@ def same_share(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def profile_ours(model, ids: torch.Tensor, steps: int = 16) -> list[list[str]]:
-    """Self CPU time by op over `steps` cached decoding steps at this batch."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Self CPU time by op over `steps` cached decoding steps at this batch (C.profile_table),
+    and a last row: the wall time of the same steps without the profiler (the gap between
+    it and "all ops" is Python and dispatch between the ops)."""
     with torch.inference_mode():
-        cache = model.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1] + steps + 1)
+        cache = model.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1] + 2 * steps + 1)
         model(ids, cache=cache, logits_to_keep=1)
         x = ids[:, -1:]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+
+        def run() -> None:
             for _ in range(steps):
                 model(x, cache=cache, logits_to_keep=1)
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in rows)
-    return [[f"`{e.key}`", f"{e.self_cpu_time_total / steps / 1e3:.2f}",
-             f"{100 * e.self_cpu_time_total / total:.0f}%", str(e.count // steps)] for e in rows[:8]]
+
+        t = time.perf_counter()
+        run()
+        wall = (time.perf_counter() - t) / steps
+        rows = C.profile_table(run, per=steps)
+    return rows + [["wall time, no profiler", f"{wall * 1e3:.2f}", "", ""]]
 
 
 def main() -> None:
@@ -108,13 +111,13 @@ def main() -> None:
     t0 = time.perf_counter()
     m, ours, hf = build_pair(GPT2)
     bf16 = copy.deepcopy(ours).to(torch.bfloat16)
-    int8 = copy.deepcopy(ours)
-    quantize_int8(int8, kernel="weight_only")
-    int8_dyn = copy.deepcopy(ours)
-    quantize_int8(int8_dyn, kernel="dynamic")
+    # What --quantize int8 and --quantize int8-dynamic run on this CPU (the CLI's own path).
+    int8 = apply_precision(copy.deepcopy(ours), choose_precision(quantize="int8"))
+    int8_dyn = apply_precision(copy.deepcopy(ours), choose_precision(quantize="int8-dynamic"))
+    kernel = int8_kernel("int8")
     ct2 = ct2_generators(hf, m.vocab_size, threads)
     runners = {"scratchlm fp32": (run_ours, ours), "scratchlm bf16": (run_ours, bf16),
-               "scratchlm int8 (weight-only)": (run_ours, int8),
+               f"scratchlm int8 ({kernel.replace('_', '-')})": (run_ours, int8),
                "scratchlm int8-dynamic": (run_ours, int8_dyn), "HF fp32": (run_hf, hf)}
     if ct2:
         runners |= {"CTranslate2 float32": (run_ct2, ct2["float32"]),
@@ -170,11 +173,12 @@ def main() -> None:
         "",
         f"Greedy decoding, prompt of {PROMPT} random tokens, {NEW} new tokens forced, GPT-2 124M "
         "shape (12 layers, 768 wide, vocab 50257), the same random weights in every runner "
-        "(bench/precision.py). scratchlm int8 (weight-only) is `--quantize int8` here (int8 "
-        "weights x bf16 activations), int8-dynamic is `--quantize int8-dynamic` (fbgemm W8A8); "
-        "both cover every linear layer but the tied output layer, which keeps fp16 weights "
-        "(fbgemm fp16 x fp32; models/quant.py `HalfLinear`, as llama.cpp keeps output.weight "
-        "at higher precision). bf16 is "
+        f"(bench/precision.py). scratchlm int8 ({kernel.replace('_', '-')}) is what `--quantize int8` "
+        "runs on this CPU (weight-only: int8 weights x bf16 activations, where bf16 is fast), its "
+        "tied output layer in fp16 weights (fbgemm fp16 x fp32; models/quant.py `HalfLinear`, as "
+        "llama.cpp keeps output.weight at higher precision); int8-dynamic is `--quantize "
+        "int8-dynamic`: fbgemm W8A8 in every linear layer, the output layer included, as "
+        "CTranslate2's int8. bf16 is "
         "`--dtype bfloat16` (weights, activations and KV cache). CTranslate2 "
         f"{__import__('ctranslate2').__version__ if ct2 else '(not installed)'} with "
         f"intra_threads={threads}, {NEW} new tokens. Median over interleaved repeats (± half the min-max range); "
