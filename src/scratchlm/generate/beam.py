@@ -125,9 +125,16 @@ def beam_search(
 
     for step in range(n_new):
         logprobs = _logprobs(logits, prompts, seqs, K, config)  # (B*K, V)
-        cand = (beam_scores[:, :, None] + logprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
-        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): enough to refill K beams
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        # The 2K best candidates of a row (enough to refill K beams) are among the 2K best
+        # tokens of each of its beams, as a beam adds one score to all its tokens: choose per
+        # beam, then among K x 2K, not in one top-k over K x V scores (that top-k and the
+        # K x V sum took 22% of a Marian beam-5 step on 8 sources).
+        n = min(2 * K, V)
+        lp_top, tok_top = logprobs.topk(n, dim=-1)  # (B*K, n)
+        cand = (beam_scores.view(B * K, 1) + lp_top).view(B, K * n)
+        top_scores, pick = cand.topk(n, dim=-1)  # (B, n)
+        top_tokens = tok_top.view(B, K * n).gather(1, pick)
+        top_scores, top_beams, top_tokens = top_scores.tolist(), (pick // n).tolist(), top_tokens.tolist()
         next_scores = torch.full((B, K), float("-inf"), device=device)
         next_tokens = torch.full((B * K,), eos_id if eos_id is not None else 0, dtype=torch.long)
         parents = torch.arange(B * K)  # finished rows just keep their beams (masked later)
@@ -137,10 +144,10 @@ def beam_search(
             if done[b]:
                 continue
             filled = 0
-            for rank, (score, idx) in enumerate(zip(top_scores[b], top_idx[b], strict=True)):
+            for rank, (score, beam, token) in enumerate(zip(top_scores[b], top_beams[b], top_tokens[b],
+                                                            strict=True)):
                 if score == float("-inf"):
                     break
-                beam, token = divmod(idx, V)
                 parent = b * K + beam
                 tokens = seqs[parent] + [token]
                 if (eos_id is not None and token == eos_id) or (ends is not None and ends(tokens)):
