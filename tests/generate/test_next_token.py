@@ -3,6 +3,7 @@ engine share."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from scratchlm.generate import sampling
@@ -43,3 +44,17 @@ def test_repetition_penalty_uses_seen():
     cfg = GenerationConfig(temperature=0, repetition_penalty=2.0)
     assert next_token(x, config=cfg).item() == 0  # not applied without `seen`
     assert next_token(x, config=cfg, seen=seen).item() == 1  # 5 / 2 < 4
+
+
+@pytest.mark.parametrize("shape,k", [((40, 58101), 10), ((3, 1000), 2), ((5, 50), 10), ((2, 4096), 8)])
+def test_topk_wide_is_torch_topk(shape, k):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    x[0, -1] = 50.0  # the largest value in the tail past the last whole chunk
+    x[-1, :] = float("-inf")  # a row with nothing allowed
+    x[-1, 7] = 0.0
+    values, index = sampling.topk_wide(x, k)
+    want_values, want_index = x.topk(k, dim=-1)
+    torch.testing.assert_close(values, want_values)
+    assert torch.equal(index[:-1], want_index[:-1])  # the last row: ties at -inf, any order
+    assert index[-1, 0] == 7 and torch.equal(x.gather(1, index), values)

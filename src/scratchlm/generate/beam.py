@@ -130,7 +130,7 @@ def beam_search(
         # beam, then among K x 2K, not in one top-k over K x V scores (that top-k and the
         # K x V sum took 22% of a Marian beam-5 step on 8 sources).
         n = min(2 * K, V)
-        lp_top, tok_top = logprobs.topk(n, dim=-1)  # (B*K, n)
+        lp_top, tok_top = sampling.topk_wide(logprobs, n)  # (B*K, n)
         cand = (beam_scores.view(B * K, 1) + lp_top).view(B, K * n)
         top_scores, pick = cand.topk(n, dim=-1)  # (B, n)
         top_tokens = tok_top.view(B, K * n).gather(1, pick)
