@@ -50,6 +50,7 @@ test-browser: install
 bench: install
 	$(BIN)/pip install -q -e ".[bench]" || echo "note: the bench extra (CTranslate2) could not be installed: its rows are skipped"
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_dtype.py
 	$(BIN)/python bench/decode_speed.py
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/quality_char.py

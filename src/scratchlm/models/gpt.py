@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.models.attention import causal_attention
+from scratchlm.models.attention import causal_attention, sdpa
 from scratchlm.models.cache import KVCache
 from scratchlm.models.config import DecoderConfig
 from scratchlm.models.decoder import DecoderLM
@@ -75,7 +75,7 @@ class Attention(nn.Module):
         if attn_mask is None:
             y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p)  # (B, nh, T, hd)
         else:  # packed rows: the mask is causal and block-diagonal
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+            y = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
