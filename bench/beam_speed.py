@@ -227,12 +227,14 @@ def main() -> None:
         + (" (A runner above the floor means this short GEMM measurement ran slow: read the floor "
            "as approximate.)" if max(o, h) > ceiling else ""),
         "",
-        "Reading it: CTranslate2 int8 runs every linear layer in int8, its output layer "
-        f"included; in the profile below, scratchlm's one call a step to the {VOCAB:,}-wide output "
-        "layer and the KV-cache copies of the beam reorder (`index_select`) take a large share "
-        "beside the int8 layers themselves. What would close the gap: a faster output layer "
-        "(int8 where its quality holds) and reordering "
-        "the cache without copying it every step.",
+        "Reading it: CTranslate2 int8 and scratchlm int8-dynamic both run every linear layer "
+        f"in int8, the {VOCAB:,}-wide output layer included, and scratchlm picks each step's "
+        "candidates per beam (`sampling.topk_wide`). In the profile below the int8 layers "
+        "themselves lead; beside them attention over the 40 rows, the log-softmax over the "
+        "vocabulary and the KV-cache copies of the beam reorder (`index_select`). What would "
+        "close the gap: AMX-INT8 kernels for the linear layers (oneDNN's, as CTranslate2 uses "
+        "on such CPUs), and reordering the cache without copying it every step (a block table, "
+        "as vLLM's paged attention has).",
         "",
         C.profile_md(f"Where {best}'s time goes (torch.profiler over one call, encoding included: "
                      "self CPU time per decoding step, top 8 ops):", prof),

@@ -100,6 +100,15 @@ def profile_ours(model, ids: torch.Tensor, steps: int = 16) -> list[list[str]]:
     return rows + [["wall time, no profiler", f"{wall * 1e3:.2f}", "", ""]]
 
 
+def overhead_line(prof: list[list[str]]) -> str:
+    """What profile_ours' last two rows say: op time against wall time per forward step."""
+    ops, wall = float(prof[-2][1]), float(prof[-1][1])
+    return (f"At batch 1 the ops of a forward step take {ops:.1f} ms of its {wall:.1f} ms "
+            f"({prof[-2][3]} op calls a step); the other {max(wall - ops, 0):.1f} ms are Python "
+            "and dispatch between them, which a step captured once and replayed (a compiled "
+            "graph, or a decode step in C++ as CTranslate2 and llama.cpp have) would remove.")
+
+
 def main() -> None:
     global NEW
     NEW = decode_speed.NEW = int(option("--new", str(NEW)))  # run_ours/run_hf read decode_speed's
@@ -201,7 +210,8 @@ def main() -> None:
         "Shakespeare sample) left W8A8's SmolLM2 greedy tokens at 0 of 20 prompts, and at batch 1 "
         "the per-tensor activation scale already is per token. What could close the gap: "
         "group-wise int8 weights (Q8_0-style, 32 a scale: 19 of 20 prompts in fp32) with a "
-        "kernel that reads them directly; on CPUs with AMX, oneDNN's AMX-INT8 kernels.",
+        "kernel that reads them directly; on CPUs with AMX, oneDNN's AMX-INT8 kernels. "
+        + overhead_line(prof),
         "",
         "Where scratchlm int8-dynamic's time goes at batch 1 (torch.profiler, self CPU time per decoding "
         "step, top 8 ops):",
