@@ -51,7 +51,8 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def worker(model_dir: str, impl: str, method: str, labels: str, dtype: str = "float32") -> dict:
+def worker(model_dir: str, impl: str, method: str, labels: str, dtype: str = "float32",
+           profile: str = "") -> dict:
     import contextlib
 
     import torch
@@ -101,23 +102,30 @@ def worker(model_dir: str, impl: str, method: str, labels: str, dtype: str = "fl
     times = []
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
-    for i in range(WARMUP + STEPS):
-        t0 = time.perf_counter()
+    def step():
         with autocast:
             loss = loss_of(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(WARMUP + STEPS):
+        t0 = time.perf_counter()
+        loss = step()
         if i >= WARMUP:
             times.append(time.perf_counter() - t0)
     trainable = sum(p.numel() for p in params)
-    return {"step_s": C.median(times), "peak_rss_mb": _peak_rss_mb(), "trainable": trainable,
-            "loss": float(loss)}
+    out = {"step_s": C.median(times), "peak_rss_mb": _peak_rss_mb(), "trainable": trainable,
+           "loss": float(loss)}
+    if profile:  # one more step under torch.profiler (after the peak was read)
+        out["profile"] = C.profile_table(step)
+    return out
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
-        print(json.dumps(worker(*sys.argv[2:7])))
+        print(json.dumps(worker(*sys.argv[2:8])))
         return
     dtype = sys.argv[sys.argv.index("--dtype") + 1] if "--dtype" in sys.argv else "float32"
     if dtype not in ("float32", "bfloat16"):
@@ -132,8 +140,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {k: [] for k in RUNS}
     for r in range(rounds):
         for name, (impl, method, labels) in RUNS.items():
+            profiled = r == 0 and method == "lora" and labels == "sft"
             out = subprocess.run([sys.executable, __file__, "--worker", model_dir, impl, method, labels,
-                                  dtype],
+                                  dtype, "profile" if profiled else ""],
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
@@ -159,12 +168,16 @@ def main() -> None:
     verdict.append(f"LoRA vs full fine-tuning (scratchlm, SFT): {fm - om:,.0f} MB less peak "
                    f"memory, {ft / ot:.2f}x the speed.")
     verdict = " ".join(verdict)
+    profiles = "\n\n".join(
+        C.profile_md(f"Where a {name} step's time goes (torch.profiler, self CPU time, one step "
+                     "after the timed ones, round 1, top 8 ops):", results[name][0]["profile"])
+        for name in ("scratchlm LoRA, SFT", "transformers + peft LoRA, SFT"))
     precision = "fp32" if dtype == "float32" else "bf16 autocast on both sides, fp32 master weights"
     title = "" if dtype == "float32" else ", bf16 autocast"
     body = (f"## Fine-tuning step: LoRA and full, ours vs transformers + peft{title}\n\n"
             f"`bench/lora_step.py`: SmolLM2-135M-Instruct ({precision}), batch {BATCH} x {SEQ}, LoRA "
             f"r=8 on q_proj+v_proj, median of {STEPS} steps after {WARMUP}, {rounds} rounds "
-            f"of separate processes. {C.env_lines(info)}\n\n{table}\n\n{verdict}\n")
+            f"of separate processes. {C.env_lines(info)}\n\n{table}\n\n{verdict}\n\n{profiles}\n")
     print("\n" + body)
     if not quick:
         name = "lora_step" if dtype == "float32" else "lora_step_bf16"
