@@ -82,22 +82,16 @@ def causal_attention(
     # GQA: each kv head serves n_head // n_kv query heads; SDPA broadcasts without copying.
     gqa = k.shape[1] != q.shape[1]
     if padded is not None:
-        return sdpa(
-            q, k, v, attn_mask=padded, dropout_p=dropout_p, enable_gqa=gqa
-        )
+        return sdpa(q, k, v, attn_mask=padded, dropout_p=dropout_p, enable_gqa=gqa)
     if past == 0:
-        return sdpa(
-            q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa
-        )
+        return sdpa(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     if t == 1:
         # One new token attends to everything cached: no mask needed.
         return sdpa(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
     # Several new tokens after a prefix: query i sees keys 0 .. past+i.
     s = k.shape[2]
     mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    return sdpa(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa
-    )
+    return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 def padded_attention(

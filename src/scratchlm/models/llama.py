@@ -145,8 +145,7 @@ class Attention(nn.Module):
         if attn_mask is None:
             y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p)  # (B, nh, T, hd)
         else:  # packed rows: the mask is causal and block-diagonal
-            y = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=p,
-                                               enable_gqa=self.n_kv != self.n_head)
+            y = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=p, enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)
 
