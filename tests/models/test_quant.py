@@ -18,12 +18,13 @@ from scratchlm.eval.perplexity import evaluate_lm
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import GenerationConfig, generate_tokens
 from scratchlm.hardware import capabilities
-from scratchlm.models import quant
+from scratchlm.models import kernels, quant
 from scratchlm.models.quant import Int8Linear, apply_precision, choose_precision, quantize_int8
 from scratchlm.registry import build_model
 from tests.conftest import tiny_model
 
 needs_int8 = pytest.mark.skipif(not capabilities().fast_int8, reason="no fbgemm on this CPU")
+OURS = pytest.mark.skipif(kernels.library() is None, reason=f"scratchlm's int8 kernels: {kernels.why_not()}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,8 @@ def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained, quan
 
 
 @needs_int8
-@pytest.mark.parametrize("kernel", ["weight_only", "dynamic"])
+@pytest.mark.parametrize("kernel", ["weight_only", "dynamic", pytest.param("w8a8", marks=OURS),
+                                    pytest.param("w8a32", marks=OURS)])
 @pytest.mark.parametrize("family", ["gpt", "llama", "seq2seq_transformer"])
 def test_every_linear_is_swapped_and_logits_stay_close(family, kernel):
     model = tiny_model(family, vocab_size=61).eval()
@@ -138,8 +140,12 @@ def test_auto_follows_the_measured_capabilities(monkeypatch):
     assert slow.dtype == torch.bfloat16 and "slow" in slow.warning and "\n" not in slow.warning
     assert choose_precision(dtype="auto", quantize="int8").dtype == torch.float32
     monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=3.0))
+    if kernels.library() is not None:  # scratchlm's kernels, whatever bf16 does
+        assert "fp32 activations (weight-only, scratchlm" in choose_precision(quantize="int8").describe()
+        assert "int8 activations per row (scratchlm" in choose_precision(quantize="int8-dynamic").describe()
+    monkeypatch.setattr(kernels, "library", lambda: None)  # torch's kernels
     assert "bf16 activations (weight-only)" in choose_precision(quantize="int8").describe()
-    assert "int8 activations" in choose_precision(quantize="int8-dynamic").describe()
+    assert "int8 activations (fbgemm" in choose_precision(quantize="int8-dynamic").describe()
 
 
 def test_bad_input_is_one_clear_line(monkeypatch):
@@ -158,7 +164,8 @@ def test_bad_input_is_one_clear_line(monkeypatch):
     with pytest.raises(ScratchLMError, match="needs fbgemm"):
         quantize_int8(tiny_model("gpt", vocab_size=61), kernel="dynamic")
     monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=None))
-    p = choose_precision(quantize="int8")  # no fast bf16: activations are quantized too
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    p = choose_precision(quantize="int8")  # no fast bf16 nor our kernels: activations quantized too
     assert "int8 activations" in p.describe() and "drift" in p.warning
 
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.hardware import capabilities
+from scratchlm.models import kernels
 
 DTYPES = ("auto", "float32", "bfloat16")
 QUANTIZE = ("none", "int8", "int8-dynamic")
@@ -68,6 +69,10 @@ class Int8Linear(nn.Module):
         w = base.weight.detach().float().cpu()  # (out, in)
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (out,)
         bias = None if base.bias is None else base.bias.detach().float().cpu()
+        if kernel in kernels.KINDS:  # scratchlm's own (models/kernels), packed for decoding
+            q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            self._packed = kernels.PackedInt8(q, scale, bias, kind=kernel)
+            return
         if kernel == "weight_only":
             self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
             self.register_buffer("scales", scale.to(torch.bfloat16))
@@ -81,7 +86,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (N, in)
-        if self.kernel == "weight_only":
+        if self.kernel in kernels.KINDS:
+            y = self._packed(rows).to(x.dtype)
+        elif self.kernel == "weight_only":
             y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.qweight, self.scales)  # (N, out)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype) + self.bias.to(x.dtype)
         else:
@@ -122,8 +129,12 @@ OUTPUT_LAYER = "lm_head"  # every family's vocabulary projection
 
 
 def int8_kernel(quantize: str = "int8") -> str:
-    """The Int8Linear kernel for --quantize here: `int8` is weight-only where bf16 is fast
-    (quality of bf16), else fbgemm's dynamic W8A8; `int8-dynamic` is always the latter."""
+    """The Int8Linear kernel for --quantize here. Where scratchlm's kernels run (AVX-512 VNNI,
+    a C compiler): `int8` is `w8a32` (weight-only, fp32 activations), `int8-dynamic` `w8a8`.
+    Elsewhere `int8` is torch's weight-only kernel where bf16 is fast (quality of bf16), else
+    fbgemm's dynamic W8A8, and `int8-dynamic` is fbgemm's."""
+    if kernels.library() is not None:
+        return "w8a32" if quantize == "int8" else "w8a8"
     if quantize == "int8" and capabilities().fast_bf16:
         return "weight_only"
     return "dynamic"
@@ -212,7 +223,9 @@ class Precision:
 
     def describe(self) -> str:
         kernel = {"weight_only": "int8 weights x bf16 activations (weight-only)",
-                  "dynamic": "int8 weights x int8 activations (fbgemm dynamic)"}
+                  "dynamic": "int8 weights x int8 activations (fbgemm dynamic)",
+                  "w8a32": "int8 weights x fp32 activations (weight-only, scratchlm AVX-512 kernel)",
+                  "w8a8": "int8 weights x int8 activations per row (scratchlm VNNI kernel)"}
         head = "; output layer fp16 weights" if capabilities().fast_int8 else "; output layer fp32"
         if self.quantize == "int8-dynamic":
             head = "; output layer too"

@@ -132,17 +132,22 @@ class PackedInt8:
         else:
             self.rowsum = None
             lib.pack_w8a32(_ptr(qweight), self.n, self.k, _ptr(self.weight))
+        ptrs = [t.data_ptr() if t is not None else None for t in (self.weight, self.rowsum, self.scale, self.bias)]
+        if kind == "w8a8":
+            self._run, self._args = lib.matmul_w8a8, (self.k, *ptrs, self.n)
+        else:
+            self._run, self._args = lib.matmul_w8a32, (self.k, ptrs[0], *ptrs[2:], self.n)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) fp32 -> (M, N) fp32."""
         x = x.float().contiguous()
         y = torch.empty(x.shape[0], self.n)
-        if self.kind == "w8a8":
-            self.lib.matmul_w8a8(_ptr(x), x.shape[0], self.k, _ptr(self.weight), _ptr(self.rowsum),
-                                 _ptr(self.scale), _ptr(self.bias), self.n, _ptr(y))
+        # ctypes takes the addresses as ints; the weight's are fixed at packing (`self._args`)
+        if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
+            with torch.profiler.record_function(f"scratchlm::int8_{self.kind}"):
+                self._run(x.data_ptr(), x.shape[0], *self._args, y.data_ptr())
         else:
-            self.lib.matmul_w8a32(_ptr(x), x.shape[0], self.k, _ptr(self.weight), _ptr(self.scale),
-                                  _ptr(self.bias), self.n, _ptr(y))
+            self._run(x.data_ptr(), x.shape[0], *self._args, y.data_ptr())
         return y
 
 

@@ -27,6 +27,7 @@
 #define NB 4        /* 16-row weight blocks per pass: 4 memory streams */
 #define MB 6        /* activation rows per pass: NB x MB = 24 of the 32 zmm registers accumulate */
 #define PREFETCH 512 /* bytes ahead in each stream */
+#define SERIAL 4096  /* groups x K x rows (weight bytes x rows / 64) under which one thread runs: no fork/join */
 
 /* ---- w8a8 (vpdpbusd) ---- */
 
@@ -112,7 +113,7 @@ void matmul_w8a8(const float *x, int64_t m, int64_t k, const int8_t *wp, const i
     uint8_t *q = aligned_alloc(64, (size_t)((m * kp + 63) / 64 * 64));
     float *sx = malloc(sizeof(float) * (size_t)m);
     quantize_rows(x, m, k, kp, q, sx);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (groups * kp * m > SERIAL)
     for (int64_t g = 0; g < groups; g++) {
         const int8_t *wb = wp + g * NB * 16 * kp;
         for (int64_t m0 = 0; m0 < m; m0 += MB) {
@@ -168,7 +169,7 @@ static inline __attribute__((always_inline)) void w8a32_tile(
 void matmul_w8a32(const float *x, int64_t m, int64_t k, const int8_t *wp, const float *scale,
                   const float *bias, int64_t n, float *y) {
     int64_t groups = (n + 16 * NB - 1) / (16 * NB);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (groups * k * m > SERIAL)
     for (int64_t g = 0; g < groups; g++) {
         const int8_t *wb = wp + g * NB * 16 * k;
         for (int64_t m0 = 0; m0 < m; m0 += MB) {
