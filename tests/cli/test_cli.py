@@ -4,8 +4,12 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
+import torch
+
+from scratchlm.cli import main
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -16,6 +20,34 @@ def cli(*args, cwd=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+def cli_in_process(capfd, *args):
+    """`scratchlm ARGS` run through the CLI's `main` in this process, as a CompletedProcess
+    (no interpreter and torch start-up: for tests of an error's message and exit code; each
+    kind of such test keeps one real subprocess). stderr is what reached file descriptor 2
+    plus the warnings Python would print there (its default filters: not the Deprecation,
+    Import and Resource warnings), so the "one line" checks see what a user sees; an
+    exception that escapes `main` (a traceback in a real run) fails the test as it is."""
+    argv = [str(a) for a in args]
+    capfd.readouterr()
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code if isinstance(e.code, int) else 1
+        finally:
+            torch.set_num_threads(threads)
+    out = capfd.readouterr()
+    err = out.err + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                            for w in caught)
+    return subprocess.CompletedProcess(["scratchlm", *argv], rc, out.out, err)
 
 
 def assert_clean_error(proc, needle):
@@ -77,27 +109,34 @@ def test_resume_and_plot(run):
     assert (run / "curve.png").is_file() and "curve.png" in out.stdout
 
 
-def test_user_errors_are_one_clean_line(run, tmp_path):
+def test_user_errors_are_one_clean_line(run, tmp_path, capfd):
+    # The installed command's exit code and stderr, in a real process: an unknown verb
+    # (caught before any verb runs) and an error a verb raises.
     assert_clean_error(cli("trian", check=False), "did you mean 'train'")
-    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
-                           "--model.n_layers", "2", check=False), "did you mean model.n_layer")
-    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
-                           "--train.lr", "fast", check=False), "train.lr must be a number")
-    assert_clean_error(cli("train", "--data", run / "data", "--out", tmp_path / "r",
-                           "--train.threads", "-1", check=False), "train.threads must be >= 0")
-    assert_clean_error(cli("train", "--data", run / "data", "--out", run / "run", check=False),
-                       "already holds a run")
-    assert_clean_error(cli("train", "--out", run / "run", "--resume", "--model.n_layer", "3",
-                           check=False), "model.n_layer")
     assert_clean_error(cli("generate", tmp_path / "nothing", "--prompt", "x", check=False),
                        "does not exist")
-    assert_clean_error(cli("generate", run / "run" / "final", "--prompt", "x" * 200, check=False),
+
+    # The other messages through the same `main`, in this process.
+    def inproc(*args):
+        return cli_in_process(capfd, *args)
+
+    assert_clean_error(inproc("train", "--data", run / "data", "--out", tmp_path / "r",
+                              "--model.n_layers", "2"), "did you mean model.n_layer")
+    assert_clean_error(inproc("train", "--data", run / "data", "--out", tmp_path / "r",
+                              "--train.lr", "fast"), "train.lr must be a number")
+    assert_clean_error(inproc("train", "--data", run / "data", "--out", tmp_path / "r",
+                              "--train.threads", "-1"), "train.threads must be >= 0")
+    assert_clean_error(inproc("train", "--data", run / "data", "--out", run / "run"),
+                       "already holds a run")
+    assert_clean_error(inproc("train", "--out", run / "run", "--resume", "--model.n_layer", "3"),
+                       "model.n_layer")
+    assert_clean_error(inproc("generate", run / "run" / "final", "--prompt", "x" * 200),
                        "shorten the prompt")
     (tmp_path / "empty.txt").write_text("")
-    assert_clean_error(cli("prepare", tmp_path / "empty.txt", "--out", tmp_path / "d", check=False),
+    assert_clean_error(inproc("prepare", tmp_path / "empty.txt", "--out", tmp_path / "d"),
                        "empty")
     (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02" * 10)
-    assert_clean_error(cli("prepare", tmp_path / "bin.dat", "--out", tmp_path / "d", check=False),
+    assert_clean_error(inproc("prepare", tmp_path / "bin.dat", "--out", tmp_path / "d"),
                        "binary")
     assert not (tmp_path / "d").exists()
 
