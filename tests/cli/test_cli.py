@@ -79,22 +79,28 @@ def test_train_outputs(run):
     assert (run / "run" / "metrics.jsonl").read_text().count("val_loss") == 2
 
 
-def test_generate_and_evaluate(run):
+def test_generate_and_evaluate(run, capfd):
     out = cli("generate", run / "run" / "final", "--prompt", "ROMEO:", "--max-new-tokens", "20",
               "--seed", "1", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05",
               "--repetition-penalty", "1.1")
     assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:\n")
-    again = cli("generate", run / "run" / "final", "--prompt", "ROMEO:", "--max-new-tokens", "20",
-                "--seed", "1", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05",
-                "--repetition-penalty", "1.1")
+    # The rest in this process through the same `main` (the first run above is the real
+    # command's): the seeded sample equals the one of that fresh process.
+    again = cli_in_process(capfd, "generate", run / "run" / "final", "--prompt", "ROMEO:",
+                           "--max-new-tokens", "20", "--seed", "1", "--top-k", "5",
+                           "--top-p", "0.9", "--min-p", "0.05", "--repetition-penalty", "1.1")
+    assert again.returncode == 0, again.stderr
     assert again.stdout == out.stdout  # seeded
-    many = cli("generate", run / "run" / "final", "--prompt", "A", "--num-samples", "3",
-               "--max-new-tokens", "10", "--greedy")
+    many = cli_in_process(capfd, "generate", run / "run" / "final", "--prompt", "A",
+                          "--num-samples", "3", "--max-new-tokens", "10", "--greedy")
+    assert many.returncode == 0, many.stderr
     assert many.stdout.count("--- sample") == 3
-    beams = cli("generate", run / "run" / "final", "--prompt", "A", "--num-beams", "4",
-                "--num-samples", "2", "--max-new-tokens", "8")
+    beams = cli_in_process(capfd, "generate", run / "run" / "final", "--prompt", "A",
+                           "--num-beams", "4", "--num-samples", "2", "--max-new-tokens", "8")
+    assert beams.returncode == 0, beams.stderr
     assert beams.stdout.count("--- beam") == 2
-    ev = cli("evaluate", run / "run" / "final", "--data", run / "data", "--json")
+    ev = cli_in_process(capfd, "evaluate", run / "run" / "final", "--data", run / "data", "--json")
+    assert ev.returncode == 0, ev.stderr
     r = json.loads(ev.stdout.strip().splitlines()[-1])
     assert r["perplexity"] > 1 and 0 < r["bits_per_byte"] < 20
 
@@ -141,17 +147,17 @@ def test_user_errors_are_one_clean_line(run, tmp_path, capfd):
     assert not (tmp_path / "d").exists()
 
 
-def test_corrupt_model_directory(run, tmp_path):
+def test_corrupt_model_directory(run, tmp_path, capfd):
     import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(run / "run" / "final", bad)
     (bad / "model.safetensors").write_bytes(b"garbage" * 10)
     assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "corrupt")
-    (bad / "model.safetensors").unlink()
-    assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "model.safetensors")
+    (bad / "model.safetensors").unlink()  # the other two in this process, the same `main`
+    assert_clean_error(cli_in_process(capfd, "generate", bad, "--prompt", "x"), "model.safetensors")
     (bad / "config.json").write_text("{")
-    assert_clean_error(cli("generate", bad, "--prompt", "x", check=False), "not valid JSON")
+    assert_clean_error(cli_in_process(capfd, "generate", bad, "--prompt", "x"), "not valid JSON")
 
 
 def test_python_api(run):
