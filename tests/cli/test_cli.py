@@ -6,7 +6,6 @@ import subprocess
 import sys
 import warnings
 
-import pytest
 import torch
 
 from scratchlm.cli import main
@@ -55,21 +54,6 @@ def assert_clean_error(proc, needle):
     assert needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-@pytest.fixture(scope="module")
-def run(corpus, tmp_path_factory):
-    """tokenizer train -> prepare -> train -> final model dir (bpe, gpt family)."""
-    d = tmp_path_factory.mktemp("cli")
-    cli("tokenizer", "train", "--input", corpus, "--kind", "bpe", "--vocab-size", "400", "--out", d / "tok")
-    assert json.loads((d / "tok" / "tokenizer_config.json").read_text())["scratchlm_kind"] == "bpe"
-    cli("prepare", corpus, "--out", d / "data", "--tokenizer", d / "tok", "--val-fraction", "0.2")
-    out = cli("train", "--data", d / "data", "--out", d / "run", "--model.family", "gpt",
-              "--model.preset", "tiny", "--model.block_size", "32", "--train.max_steps", "20",
-              "--train.batch_size", "4", "--train.eval_every", "10", "--train.eval_batches", "2",
-              "--train.warmup_steps", "2")
-    assert "generate with:" in out.stdout
-    return d
 
 
 def test_train_outputs(run):
