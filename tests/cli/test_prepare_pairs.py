@@ -3,7 +3,7 @@
 import json
 
 from scratchlm.data.pairs import PairData
-from tests.cli.test_cli import assert_clean_error, cli
+from tests.cli.test_cli import assert_clean_error, cli, cli_in_process
 
 PAIRS = [(f"the cat number {i} sat on the mat", f"le chat numéro {i} était assis sur le tapis")
          for i in range(60)]
@@ -44,14 +44,16 @@ def test_prepare_jsonl_with_format_pairs(tmp_path):
     assert "54 train, 6 val pairs" in out.stdout and "char tokenizer" in out.stdout
 
 
-def test_pair_errors_are_one_clean_line(tmp_path):
+def test_pair_errors_are_one_clean_line(tmp_path, capfd):
     (tmp_path / "a.en").write_text("one\ntwo\nthree\n", encoding="utf-8")
     (tmp_path / "a.fr").write_text("un\ndeux\n", encoding="utf-8")
     assert_clean_error(cli("prepare", "--src-file", tmp_path / "a.en", "--tgt-file", tmp_path / "a.fr",
                            "--out", tmp_path / "d", check=False), "a.en:3 has no partner")
     (tmp_path / "p.tsv").write_text("a\tb\n\tc\n", encoding="utf-8")
-    assert_clean_error(cli("prepare", tmp_path / "p.tsv", "--format", "pairs", "--on-empty", "refuse",
-                           "--out", tmp_path / "d", check=False), "p.tsv:2: the source is empty")
+    # The others in this process, through the same `main` as the real command above.
+    assert_clean_error(cli_in_process(capfd, "prepare", tmp_path / "p.tsv", "--format", "pairs",
+                                      "--on-empty", "refuse", "--out", tmp_path / "d"),
+                       "p.tsv:2: the source is empty")
     assert not (tmp_path / "d").exists()
-    assert_clean_error(cli("datasets", "get", "libreoffice-english", "--out", tmp_path / "x",
-                           check=False), "libreoffice-SRC-TGT")
+    assert_clean_error(cli_in_process(capfd, "datasets", "get", "libreoffice-english", "--out",
+                                      tmp_path / "x"), "libreoffice-SRC-TGT")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import scratchlm
-from tests.cli.test_cli import assert_clean_error, cli
+from tests.cli.test_cli import assert_clean_error, cli, cli_in_process
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
@@ -51,7 +51,15 @@ def _max_diff(model, ref, vocab):
         return (model(x) - ref(x).logits).abs().max().item()
 
 
-def test_convert_round_trip(hf_dir, tmp_path):
+def ok(capfd, *args):
+    """A command in this process through the CLI's `main` (each test runs its first one as a
+    real subprocess)."""
+    proc = cli_in_process(capfd, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_convert_round_trip(hf_dir, tmp_path, capfd):
     src, ref = hf_dir
     ours = tmp_path / "ours"
     out = cli("convert", src, ours)
@@ -61,12 +69,12 @@ def test_convert_round_trip(hf_dir, tmp_path):
     assert "scratchlm" in json.loads((ours / "config.json").read_text())
 
     gguf_file = tmp_path / "m.gguf"
-    cli("convert", ours, gguf_file, "--outtype", "f16")
-    gen = cli("generate", gguf_file, "--prompt", "To be", "--greedy", "--max-new-tokens", "5")
+    ok(capfd, "convert", ours, gguf_file, "--outtype", "f16")
+    gen = ok(capfd, "generate", gguf_file, "--prompt", "To be", "--greedy", "--max-new-tokens", "5")
     assert gen.stdout.startswith("To be")
 
     plain = tmp_path / "plain"
-    cli("convert", gguf_file, plain, "--to", "hf")
+    ok(capfd, "convert", gguf_file, plain, "--to", "hf")
     assert "scratchlm" not in json.loads((plain / "config.json").read_text())
     back = transformers.AutoModelForCausalLM.from_pretrained(plain).eval()
     x = torch.arange(24).remainder(tok.vocab_size)[None]
@@ -76,7 +84,7 @@ def test_convert_round_trip(hf_dir, tmp_path):
     assert transformers.AutoTokenizer.from_pretrained(plain).chat_template == tok.chat_template
 
 
-def test_convert_errors_are_one_clean_line(hf_dir, tmp_path):
+def test_convert_errors_are_one_clean_line(hf_dir, tmp_path, capfd):
     src, _ = hf_dir
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "notes.txt").write_text("mine")
@@ -84,10 +92,11 @@ def test_convert_errors_are_one_clean_line(hf_dir, tmp_path):
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    proc = cli("convert", bert, tmp_path / "o", check=False)
+    proc = cli_in_process(capfd, "convert", bert, tmp_path / "o")  # in this process, same main
     assert_clean_error(proc, "supported architectures: gpt2")
     assert "qwen2" in proc.stderr and "marian" in proc.stderr
-    assert_clean_error(cli("convert", tmp_path / "nope", tmp_path / "o", check=False), "does not exist")
+    assert_clean_error(cli_in_process(capfd, "convert", tmp_path / "nope", tmp_path / "o"),
+                       "does not exist")
 
 
 @pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9"])

@@ -19,7 +19,7 @@ from scratchlm.interop import gguf_write
 from scratchlm.interop.gguf import load_gguf, read_metadata, tensor_names
 from scratchlm.registry import build_model
 from scratchlm.tokenizers.tokenizer import Tokenizer, train_tokenizer
-from tests.cli.test_cli import assert_clean_error, cli
+from tests.cli.test_cli import assert_clean_error, cli, cli_in_process
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -175,17 +175,18 @@ def test_qwen2_export_is_what_transformers_reads_as_qwen2(bpe, tmp_path):
         assert (back(x) - want).abs().max().item() < 1e-4
 
 
-def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
+def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path, capfd):
     model = _model("llama", bpe.vocab_size)
     src = tmp_path / "model"
     scratchlm.save_model_dir(src, model, bpe)
     dst = tmp_path / "out.gguf"
     proc = cli("convert", src, dst, "--outtype", "q5_k_m", check=False)
     assert_clean_error(proc, "llama-quantize MODEL.f16.gguf MODEL.Q5_K_M.gguf Q5_K_M")
+    # The other commands in this process, through the same `main` as the real one above.
     for bad in ("q3_x", "guessed", "q4_1_some_f16"):  # not types llama-quantize makes
-        proc = cli("convert", src, dst, "--outtype", bad, check=False)
+        proc = cli_in_process(capfd, "convert", src, dst, "--outtype", bad)
         assert_clean_error(proc, "unknown to llama.cpp")
-    proc = cli("convert", tmp_path / "nope", dst, check=False)
+    proc = cli_in_process(capfd, "convert", tmp_path / "nope", dst)
     assert_clean_error(proc, "does not exist")
     word = Tokenizer(HFTokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")), kind="other",
                      special_tokens={})
@@ -197,6 +198,7 @@ def test_what_cannot_be_written_is_refused(bpe, corpus, tmp_path):
     with pytest.raises(ScratchLMError, match="gpt and llama families"):
         gguf_write.gguf_architecture(build_model(run_config_from_dict(
             {"model": {"family": "rnn", "vocab_size": 10}}).model).config)
-    out = cli("convert", src, dst, "--outtype", "Q4_0")  # llama.cpp's spelling works too
+    out = cli_in_process(capfd, "convert", src, dst, "--outtype", "Q4_0")  # llama.cpp's spelling
+    assert out.returncode == 0, out.stderr
     assert "llama.cpp architecture llama, q4_0" in out.stdout
     assert read_metadata(gguf.GGUFReader(str(dst)))["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
