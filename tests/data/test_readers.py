@@ -229,26 +229,32 @@ def test_sft_records_from_parquet_and_compressed_jsonl(tmp_path):
         assert [r for _, r, _ in got] == records and [n for n, _, _ in got] == [1, 2, 3, 4, 5]
 
 
-def test_cli_formats_and_one_line_errors(tmp_path):
+def test_cli_formats_and_one_line_errors(tmp_path, capfd):
     import os
     import subprocess
     import sys
 
-    def cli(*args):
+    from tests.cli.test_cli import cli_in_process
+
+    def cli(*args):  # the real command: the corrupt gzip file below
         return subprocess.run([sys.executable, "-m", "scratchlm", "prepare", *map(str, args)],
                               capture_output=True, text=True, timeout=300,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
+    def in_process(*args):  # the others: the same `main`, in this process
+        return cli_in_process(capfd, "prepare", *args)
+
     write_records(tmp_path / "d.parquet", DOCS, field="content")
-    ok = cli(tmp_path / "d.parquet", "--text-field", "content", "--out", tmp_path / "o", "--tokenizer", "char")
+    ok = in_process(tmp_path / "d.parquet", "--text-field", "content", "--out", tmp_path / "o", "--tokenizer", "char")
     assert ok.returncode == 0, ok.stderr
     assert "MB/s" in ok.stdout and (tmp_path / "o" / "train.bin").is_file()
     gz = tmp_path / "bad.jsonl.gz"
     write_records(gz, DOCS * 10)
     gz.write_bytes(gz.read_bytes()[:-100])
-    for args, needle in [((gz,), "corrupt or truncated gzip file"),
-                         ((tmp_path / "d.parquet",), "has no column 'text' (columns: content, id)")]:
-        proc = cli(*args, "--out", tmp_path / "x", "--tokenizer", "char")
+    for run, args, needle in [
+            (cli, (gz,), "corrupt or truncated gzip file"),
+            (in_process, (tmp_path / "d.parquet",), "has no column 'text' (columns: content, id)")]:
+        proc = run(*args, "--out", tmp_path / "x", "--tokenizer", "char")
         assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert not (tmp_path / "x").exists()

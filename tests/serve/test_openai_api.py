@@ -368,24 +368,41 @@ def test_encoder_decoder_completions_translate(seq2seq_dir):
         server.close()
 
 
-def test_serve_user_errors_are_one_clean_line(gpt_dir, tmp_path):
+def test_serve_user_errors_are_one_clean_line(gpt_dir, tmp_path, capfd):
+    import signal
     import socket
     import subprocess
     import sys
 
+    from tests.cli.test_cli import cli_in_process
     from tests.serve.conftest import ENV
 
     def serve(*args):
         return subprocess.run([sys.executable, "-m", "scratchlm", "serve", *map(str, args)],
                               capture_output=True, text=True, env=ENV, timeout=120)
 
-    with socket.socket() as taken:
+    def serve_in_process(*args):
+        """The same `main` in this process; a server that starts instead of refusing (the
+        bug) is stopped by an alarm after 120 s, as the subprocess's timeout would."""
+        def late(signum, frame):
+            raise TimeoutError(f"scratchlm serve {args} did not stop with an error in 120 s")
+
+        old = signal.signal(signal.SIGALRM, late)
+        signal.alarm(120)
+        try:
+            return cli_in_process(capfd, "serve", *args)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    with socket.socket() as taken:  # the real command: its exit code and its stderr
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = serve(gpt_dir, "--port", taken.getsockname()[1])
     for proc, needle in ((busy, "cannot listen on 127.0.0.1"),
-                         (serve(tmp_path / "nothing"), "does not exist"),
-                         (serve(gpt_dir, "--slots", "0"), "--slots must be at least 1"),
-                         (serve(gpt_dir, "--cors-origin", "localhost:3000/app"), "is not an origin")):
+                         (serve_in_process(tmp_path / "nothing"), "does not exist"),
+                         (serve_in_process(gpt_dir, "--slots", "0"), "--slots must be at least 1"),
+                         (serve_in_process(gpt_dir, "--cors-origin", "localhost:3000/app"),
+                          "is not an origin")):
         assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
