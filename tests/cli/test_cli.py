@@ -89,13 +89,14 @@ def test_generate_and_evaluate(run, capfd):
     assert r["perplexity"] > 1 and 0 < r["bits_per_byte"] < 20
 
 
-def test_resume_and_plot(run):
+def test_resume_and_plot(run, capfd):
     out = cli("train", "--out", run / "run", "--resume", "--train.max_steps", "24", "--train.eval_every", "12",
               "--train.threads", "2")
     assert "(1 process, cpu, 2 torch threads)" in out.stdout  # the tests' default is 1 thread
     rows = [json.loads(x) for x in (run / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 24
-    out = cli("plot", run / "run", "--out", run / "curve.png")
+    out = cli_in_process(capfd, "plot", run / "run", "--out", run / "curve.png")  # same main
+    assert out.returncode == 0, out.stderr
     assert (run / "curve.png").is_file() and "curve.png" in out.stdout
 
 
