@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from scratchlm.cli import main
 from tests.cli.test_cli import cli
 
 
@@ -15,7 +16,9 @@ def run(corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     cli("tokenizer", "train", "--input", corpus, "--kind", "bpe", "--vocab-size", "400", "--out", d / "tok")
     assert json.loads((d / "tok" / "tokenizer_config.json").read_text())["scratchlm_kind"] == "bpe"
-    cli("prepare", corpus, "--out", d / "data", "--tokenizer", d / "tok", "--val-fraction", "0.2")
+    # prepare in this process (the same `main`; prepare's real command runs in test_prepare_pairs)
+    assert main(["prepare", str(corpus), "--out", str(d / "data"), "--tokenizer", str(d / "tok"),
+                 "--val-fraction", "0.2"]) == 0
     out = cli("train", "--data", d / "data", "--out", d / "run", "--model.family", "gpt",
               "--model.preset", "tiny", "--model.block_size", "32", "--train.max_steps", "20",
               "--train.batch_size", "4", "--train.eval_every", "10", "--train.eval_batches", "2",

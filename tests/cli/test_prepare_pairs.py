@@ -18,7 +18,7 @@ def write_dataset(d):
     return d
 
 
-def test_prepare_dataset_dir_and_two_files(tmp_path):
+def test_prepare_dataset_dir_and_two_files(tmp_path, capfd):
     ds = write_dataset(tmp_path / "ds")
     out = cli("prepare", ds, "--out", tmp_path / "data", "--tokenizer", "bpe", "--vocab-size", "300")
     assert "40 train, 10 val, 10 test pairs" in out.stdout
@@ -29,9 +29,11 @@ def test_prepare_dataset_dir_and_two_files(tmp_path):
 
     (tmp_path / "a.en").write_text("".join(s + "\n" for s, _ in PAIRS), encoding="utf-8")
     (tmp_path / "a.fr").write_text("".join(t + "\n" for _, t in PAIRS), encoding="utf-8")
-    out = cli("prepare", "--src-file", tmp_path / "a.en", "--tgt-file", tmp_path / "a.fr",
-              "--out", tmp_path / "d2", "--tokenizer", tmp_path / "data" / "tokenizer",
-              "--valid-fraction", "0.2", "--max-len", "8", "--on-long", "truncate", "--tgt-lang", "fr")
+    out = cli_in_process(  # the same `main` in this process (the real command ran above)
+        capfd, "prepare", "--src-file", tmp_path / "a.en", "--tgt-file", tmp_path / "a.fr",
+        "--out", tmp_path / "d2", "--tokenizer", tmp_path / "data" / "tokenizer",
+        "--valid-fraction", "0.2", "--max-len", "8", "--on-long", "truncate", "--tgt-lang", "fr")
+    assert out.returncode == 0, out.stderr
     assert "48 train, 12 val pairs" in out.stdout and "truncated 48 train pair(s)" in out.stderr
     assert PairData(tmp_path / "d2").max_src_len == 8
     assert PairData(tmp_path / "d2").meta["tgt_lang"] == "fr"
