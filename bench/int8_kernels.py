@@ -5,7 +5,8 @@ so the weights stream from memory rather than sit in cache).
 For GPT-2 124M's and SmolLM2-135M's linear shapes (their output layers included) at 1, 8 and
 40 rows: fp32 (`F.linear`, MKL), torch's int8 kernels (fbgemm W8A8 `linear_dynamic`,
 `_weight_int8pack_mm` with bf16 activations) and scratchlm's (models/kernels: `w8a8` VNNI
-and `w8a32` weight-only). Prints ms per step and the int8 weights' read rate in GB/s.
+, `w8a8g` with one scale per 32 weights and activations as llama.cpp's Q8_0, and `w8a32`
+weight-only). Prints ms per step and the int8 weights' read rate in GB/s.
 
     .venv/bin/python bench/int8_kernels.py [--threads N]
 """
@@ -36,7 +37,7 @@ def shapes(name: str) -> list[tuple[int, int]]:
 def runners(shape_list: list[tuple[int, int]]) -> dict[str, list]:
     warnings.simplefilter("ignore")  # torch marks its quantized tensors as deprecated
     torch.backends.quantized.engine = "fbgemm"
-    out = {name: [] for name in ("fp32", "fbgemm w8a8", "int8pack w8a16", "ours w8a8", "ours w8a32")}
+    out = {name: [] for name in ("fp32", "fbgemm w8a8", "int8pack w8a16", "ours w8a8", "ours w8a8g", "ours w8a32")}
     for n, k in shape_list:
         w = torch.randn(n, k) * 0.02
         scale = w.abs().amax(1) / 127
@@ -50,6 +51,11 @@ def runners(shape_list: list[tuple[int, int]]) -> dict[str, list]:
         if kernels.library() is not None:
             out["ours w8a8"].append(kernels.PackedInt8(q8, scale, None, kind="w8a8"))
             out["ours w8a32"].append(kernels.PackedInt8(q8, scale, None, kind="w8a32"))
+            kp = -(-k // kernels.GROUP) * kernels.GROUP
+            wg = F.pad(w, (0, kp - k)).view(n, -1, kernels.GROUP)
+            sg = wg.abs().amax(2, keepdim=True) / 127
+            qg = (wg / sg).round().clamp(-127, 127).to(torch.int8).view(n, kp)[:, :k]
+            out["ours w8a8g"].append(kernels.PackedInt8(qg, sg[..., 0], None, kind="w8a8g"))
     return {k: v for k, v in out.items() if v}
 
 

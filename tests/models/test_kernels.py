@@ -7,15 +7,20 @@ import pytest
 import torch
 
 from scratchlm.models import kernels
+from scratchlm.models.quant import group_int8
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=f"scratchlm's int8 kernels: {kernels.why_not()}")
+
+
+def _int8_of(w):
+    scale = w.abs().amax(1) / 127
+    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 def _int8(n, k, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g)
-    scale = w.abs().amax(1) / 127
-    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale, torch.randn(n, generator=g)
+    return *_int8_of(w), torch.randn(n, generator=g)
 
 
 # (n, k): one block, blocks and a group tail, k not a multiple of 4, GPT-2's mlp proj
@@ -32,6 +37,43 @@ def test_w8a8_is_row_quantized_activations_times_int8_weights(n, k, bias):
         got = packed(x).double()
         # exact integer dot products; only the fp32 scaling differs
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * want.abs().max().item())
+
+
+# k: under one group, a ragged last group, whole groups (SmolLM2's 576 = 18 x 32)
+@pytest.mark.parametrize("n,k", [(5, 3), (70, 50), (131, 97), (64, 576)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_w8a8g_is_group_quantized_activations_times_group_quantized_weights(n, k, bias):
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(n, k, generator=g) * torch.linspace(0.1, 2, k), torch.randn(n, generator=g)
+    q, s = group_int8(w)
+    kp = s.shape[1] * 32  # within half a step of each weight, a step being its group's scale
+    err = (torch.nn.functional.pad(w - q.float() * s.repeat_interleave(32, 1)[:, :k], (0, kp - k))).view(n, -1, 32)
+    assert (err.abs() <= s[..., None] / 2 + 1e-6).all()
+    packed = kernels.PackedInt8(q, s, b if bias else None, kind="w8a8g")
+    s16 = s.half().double()  # the kernel keeps the weights' scales in fp16
+    for m in (1, 2, 3, 4, 7):  # every tile height, and several passes
+        x = torch.randn(m, k, generator=g) * torch.linspace(0.1, 3, k)
+        x[:, k // 2] = 300.0  # an outlier channel: only its own group's scale is large
+        xg = torch.nn.functional.pad(x, (0, kp - k)).view(m, kp // 32, 32)
+        sx = xg.abs().amax(2, keepdim=True) / 127
+        xq = torch.round(xg * (1 / sx))  # the kernel multiplies by the inverse scale
+        wq = torch.nn.functional.pad(q.double(), (0, kp - k)).view(n, kp // 32, 32)
+        want = torch.einsum("mgk,ngk,mg,ng->mn", xq.double(), wq, sx[..., 0].double(), s16)
+        want = want + (b.double() if bias else 0)
+        got = packed(x).double()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * want.abs().max().item())
+        # the small channels keep their precision: nearer the exact product than per-row w8a8
+        if k >= 256:  # many groups, one of them with the outlier
+            exact = x.double() @ w.double().T + (b.double() if bias else 0)
+            rq, rs = _int8_of(w)
+            per_row = kernels.PackedInt8(rq, rs, b if bias else None, kind="w8a8")(x).double()
+            assert (got - exact).norm() < 0.5 * (per_row - exact).norm()
+
+
+def test_w8a8g_wants_group_scales():
+    q, scale, _ = _int8(8, 64)
+    with pytest.raises(ValueError, match=r"takes \(8, 2\) group scales"):
+        kernels.PackedInt8(q, scale, None, kind="w8a8g")
 
 
 @pytest.mark.parametrize("n,k", [(5, 3), (70, 50), (131, 97), (768, 3072)])

@@ -61,8 +61,9 @@ def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained, quan
     fp, tok = scratchlm.load(path)
     q, _ = scratchlm.load(path, quantize=quantize)  # the Python API
     assert not any(type(m) is nn.Linear for m in q.modules())
-    # int8: the (tied) output layer keeps 16-bit weights; int8-dynamic: int8 as CTranslate2's
-    head = quant.HalfLinear if quantize == "int8" else Int8Linear
+    # the output layer: int8 as CTranslate2's (int8-dynamic) and llama.cpp's Q8_0 (int8 with
+    # scratchlm's grouped kernel), else 16-bit weights
+    head = Int8Linear if quant.output_format(quantize) == "int8" else quant.HalfLinear
     assert isinstance(q.lm_head, head)
     assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 4 + (head is Int8Linear)
     ppl_fp = evaluate_lm(fp, tok, data)["perplexity"]
@@ -80,7 +81,7 @@ def test_int8_perplexity_and_greedy_tokens_hold_on_a_trained_model(trained, quan
 
 @needs_int8
 @pytest.mark.parametrize("kernel", ["weight_only", "dynamic", pytest.param("w8a8", marks=OURS),
-                                    pytest.param("w8a32", marks=OURS)])
+                                    pytest.param("w8a32", marks=OURS), pytest.param("w8a8g", marks=OURS)])
 @pytest.mark.parametrize("family", ["gpt", "llama", "seq2seq_transformer"])
 def test_every_linear_is_swapped_and_logits_stay_close(family, kernel):
     model = tiny_model(family, vocab_size=61).eval()
@@ -141,7 +142,7 @@ def test_auto_follows_the_measured_capabilities(monkeypatch):
     assert choose_precision(dtype="auto", quantize="int8").dtype == torch.float32
     monkeypatch.setattr(quant, "capabilities", lambda: replace(caps, bf16_speedup=3.0))
     if kernels.library() is not None:  # scratchlm's kernels, whatever bf16 does
-        assert "fp32 activations (weight-only, scratchlm" in choose_precision(quantize="int8").describe()
+        assert "groups of 32, as llama.cpp's Q8_0 (scratchlm" in choose_precision(quantize="int8").describe()
         assert "int8 activations per row (scratchlm" in choose_precision(quantize="int8-dynamic").describe()
     monkeypatch.setattr(kernels, "library", lambda: None)  # torch's kernels
     assert "bf16 activations (weight-only)" in choose_precision(quantize="int8").describe()

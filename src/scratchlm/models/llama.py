@@ -33,6 +33,7 @@ from scratchlm.models.layers import (
     SwiGLU,
     output_logits,
     rope_inv_freq,
+    rotate,
 )
 
 
@@ -102,10 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def rope_at(rope: RotaryEmbedding, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """RoPE at per-token positions (packed rows): x (B, nh, T, hd), position_ids (B, T)."""
-    cos = rope.cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, hd)
-    sin = rope.sin[position_ids].unsqueeze(1).to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return rotate(x, rope.cos[position_ids].unsqueeze(1), rope.sin[position_ids].unsqueeze(1))  # (B, 1, T, hd)
 
 
 class Attention(nn.Module):

@@ -1,30 +1,28 @@
 """Inference precision: int8 weights by swapping `nn.Linear` modules, bf16, and `auto`.
 
 int8 replaces every `nn.Linear` of a model with `Int8Linear`, as LoRA swaps its layers
-(peft/lora.py): the model class is unchanged, only its linear layers are. An `Int8Linear`
-keeps its weight as int8, one scale per output row (symmetric, per-channel). Embeddings,
-norms and attention stay fp32. Under `int8` the output layer (`lm_head`) is the exception, as in
-llama.cpp's quantized types (output.weight stays Q6_K/Q8_0): it keeps 16-bit weights
-(`HalfLinear`, fp16 x fp32 activations), because one int8 scale per vocabulary row flips
-near-tied argmaxes. Measured on SmolLM2-135M-Instruct, the 143 ChatterBot test prompts, the
-first 16 greedy tokens equal to fp32's: every layer int8 20/143, int8 with the output layer
-fp32 128/143, bf16 131/143 (bench/precision_quality.py). HalfLinear runs as fast as the
-int8 weight-only kernel on that 49,152 x 576 layer (1.8 ms at batch 1, one Zen 4 thread).
+(peft/lora.py): the model class is unchanged, only its linear layers are. Embeddings, norms
+and attention stay fp32. Which kernel an `Int8Linear` runs (`int8_kernel`):
 
-- `quantize="int8"`: weight-only where bf16 is fast (int8 weight x bf16 activations,
-  `torch._weight_int8pack_mm`), so the quality is bf16's; elsewhere as int8-dynamic.
-- `quantize="int8-dynamic"`: fbgemm's dynamic W8A8 (Jacob et al. 2018): activations are
-  quantized per tensor at each call. Fastest per layer, but LLMs' outlier activation
-  channels make greedy outputs drift (see `Int8Linear`). Its output layer is W8A8 too, as
-  CTranslate2's int8 is: the speed mode does the peer's work (GPT-2's 50,257 x 768 head at
-  batch 1 on a 2-core Sapphire Rapids: 1.3 ms W8A8 vs 4.0 ms fp16 weights; at 40 rows 6.6 vs
-  19.8 ms; `bench/lm_head_gemv.py --kernels`).
+- Where scratchlm's own kernels run (models/kernels: AVX-512 VNNI and a C compiler):
+  `quantize="int8"` is `w8a8g`, llama.cpp's Q8_0 scheme: weights and activations in groups
+  of 32 along K, one scale each, int8 x int8 products (vpdpbusd) summed per group into fp32.
+  The output layer too, as in llama.cpp's Q8_0 files. Measured on SmolLM2-135M-Instruct,
+  the 143 ChatterBot test prompts, the first 16 greedy tokens equal to fp32's: 128/143
+  (bench/precision_quality.py), as with int8 weights x fp32 activations and an fp16 output
+  layer (129/143), which it replaces (one row of GPT-2's 124M linears and head: 3.96 vs
+  4.43 ms; 8 rows 6.43 vs 11.51 ms; bench/int8_kernels.py on a 2-core Sapphire Rapids).
+  `quantize="int8-dynamic"` is `w8a8`: one activation scale per row, faster at several rows
+  (8 rows: 5.31 ms), but LLMs' outlier activation channels make its greedy outputs drift
+  (SmolLM2: 20/143 with every layer so; see `Int8Linear`).
+- Elsewhere: `int8` is torch's weight-only kernel where bf16 is fast (int8 weight x bf16
+  activations, `torch._weight_int8pack_mm`: the quality of bf16), else fbgemm's dynamic
+  W8A8 (Jacob et al. 2018; activations quantized per tensor); its output layer keeps 16-bit
+  weights (`HalfLinear`), because one int8 scale per vocabulary row flips near-tied argmaxes.
+  `int8-dynamic` is fbgemm's W8A8 in every layer, the output layer included, as
+  CTranslate2's int8.
 
-Measured on a Zen 4 (AVX-512 BF16 + VNNI, no AMX), GPT-2 124M's linear shapes, 1 thread,
-summed over one layer plus 1/12 of the output layer: fp32 1.43 ms at batch 1 / 4.53 ms at
-batch 8, weight-only int8 0.50 / 1.50 ms, fbgemm dynamic 0.29 / 0.60 ms, bf16 weights
-1.04 / 1.32 ms; `_weight_int8pack_mm` with fp32 activations 8.3 / 83 ms (never used).
-Whole-model decoding on a loaded 2-core machine is in docs/benchmarks.md, "Precision".
+Whole-model decoding against CTranslate2 and llama.cpp is in docs/benchmarks.md, "Precision".
 
     precision = choose_precision(dtype="auto", quantize="int8", device="cpu")
     model = apply_precision(model, precision)   # in place; also returned
@@ -50,9 +48,11 @@ QUANTIZE = ("none", "int8", "int8-dynamic")
 
 
 class Int8Linear(nn.Module):
-    """An `nn.Linear` with int8 weights, one scale per output channel (symmetric).
+    """An `nn.Linear` with int8 weights (symmetric): one scale per output channel, or per
+    channel and group of 32 inputs for `w8a8g`. `kernel` is one of scratchlm's kernels
+    (`kernels.KINDS`, see the module docstring) or one of torch's, below.
 
-    Two kernels. `weight_only` (what `--quantize int8` uses where bf16 is fast): the int8
+    torch's two kernels. `weight_only` (what `--quantize int8` uses where bf16 is fast): the int8
     weight times bf16 activations (`torch._weight_int8pack_mm`), bf16 out; activations are
     never quantized, so the quality is bf16's. Otherwise `dynamic` (fbgemm, W8A8): each call
     quantizes its activations per tensor and multiplies in int8 with int32 accumulation
@@ -69,6 +69,9 @@ class Int8Linear(nn.Module):
         w = base.weight.detach().float().cpu()  # (out, in)
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (out,)
         bias = None if base.bias is None else base.bias.detach().float().cpu()
+        if kernel == "w8a8g":  # one scale per row and group of 32 along K, as llama.cpp's Q8_0
+            self._packed = kernels.PackedInt8(*group_int8(w), bias, kind=kernel)
+            return
         if kernel in kernels.KINDS:  # scratchlm's own (models/kernels), packed for decoding
             q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
             self._packed = kernels.PackedInt8(q, scale, bias, kind=kernel)
@@ -104,6 +107,17 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 {self.kernel}"
 
 
+def group_int8(w: torch.Tensor, group: int = kernels.GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 in groups of `group` along each row (Q8_0's scheme): w (N, K) ->
+    int8 (N, K) and scales (N, ceil(K / group)); a ragged last group is padded with zeros."""
+    n, k = w.shape
+    kp = -(-k // group) * group
+    wg = torch.nn.functional.pad(w, (0, kp - k)).view(n, kp // group, group)  # (N, K/g, g)
+    scale = (wg.abs().amax(2, keepdim=True) / 127).clamp_min(1e-12)  # (N, K/g, 1)
+    q = (wg / scale).round().clamp(-127, 127).to(torch.int8).view(n, kp)[:, :k]
+    return q.contiguous(), scale[..., 0]
+
+
 class HalfLinear(nn.Module):
     """An `nn.Linear` with fp16 weights and fp32 activations and accumulation (fbgemm's
     `linear_dynamic_fp16`): the output layer of an int8 model (see the module docstring)."""
@@ -130,14 +144,21 @@ OUTPUT_LAYER = "lm_head"  # every family's vocabulary projection
 
 def int8_kernel(quantize: str = "int8") -> str:
     """The Int8Linear kernel for --quantize here. Where scratchlm's kernels run (AVX-512 VNNI,
-    a C compiler): `int8` is `w8a32` (weight-only, fp32 activations), `int8-dynamic` `w8a8`.
+    a C compiler): `int8` is `w8a8g` (Q8_0-style groups), `int8-dynamic` `w8a8` (per row).
     Elsewhere `int8` is torch's weight-only kernel where bf16 is fast (quality of bf16), else
     fbgemm's dynamic W8A8, and `int8-dynamic` is fbgemm's."""
     if kernels.library() is not None:
-        return "w8a32" if quantize == "int8" else "w8a8"
+        return "w8a8g" if quantize == "int8" else "w8a8"
     if quantize == "int8" and capabilities().fast_bf16:
         return "weight_only"
     return "dynamic"
+
+
+def output_format(quantize: str) -> str:
+    """How --quantize stores the output layer: "int8" (int8-dynamic; int8 where scratchlm's
+    grouped kernel runs) or "fp16" (`HalfLinear`: int8 with one scale per vocabulary row
+    flips near-tied argmaxes)."""
+    return "int8" if quantize == "int8-dynamic" or int8_kernel(quantize) == "w8a8g" else "fp16"
 
 
 def fuse_linears(model: nn.Module) -> list[str]:
@@ -225,9 +246,11 @@ class Precision:
         kernel = {"weight_only": "int8 weights x bf16 activations (weight-only)",
                   "dynamic": "int8 weights x int8 activations (fbgemm dynamic)",
                   "w8a32": "int8 weights x fp32 activations (weight-only, scratchlm AVX-512 kernel)",
-                  "w8a8": "int8 weights x int8 activations per row (scratchlm VNNI kernel)"}
+                  "w8a8": "int8 weights x int8 activations per row (scratchlm VNNI kernel)",
+                  "w8a8g": "int8 weights and activations in groups of 32, as llama.cpp's Q8_0 "
+                           "(scratchlm VNNI kernel)"}
         head = "; output layer fp16 weights" if capabilities().fast_int8 else "; output layer fp32"
-        if self.quantize == "int8-dynamic":
+        if output_format(self.quantize) == "int8":
             head = "; output layer too"
         what = (kernel[int8_kernel(self.quantize)] + head if self.quantize != "none"
                 else f"{str(self.dtype).removeprefix('torch.')} weights and activations")
@@ -276,8 +299,7 @@ def apply_precision(model: nn.Module, precision: Precision) -> nn.Module:
     model.eval()
     if precision.quantize != "none":
         model.float()
-        quantize_int8(model, kernel=int8_kernel(precision.quantize),
-                      output="int8" if precision.quantize == "int8-dynamic" else "fp16")
+        quantize_int8(model, kernel=int8_kernel(precision.quantize), output=output_format(precision.quantize))
     else:
         model.to(dtype=precision.dtype)
     return model

@@ -29,8 +29,10 @@ from scratchlm.hardware import capabilities
 SOURCE = Path(__file__).with_name("int8_matmul.c")
 # Named ISA extensions rather than -march=native: the library runs on any CPU with them.
 FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
-         "-mavx512dq", "-mavx512vnni"]
-KINDS = ("w8a8", "w8a32")
+         "-mavx512dq", "-mavx512vnni", "-mf16c"]
+KINDS = ("w8a8", "w8a8g", "w8a32")
+GROUP = 32  # w8a8g: weights and activations share one scale per this many along K
+_LAYOUT = {"w8a32": 0, "w8a8": 1, "w8a8g": 2}  # packed_bytes() kind codes
 _why = {"not": ""}  # why library() is None, set by it
 
 
@@ -74,11 +76,16 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.pack_w8a8.argtypes = [p, i, i, p, p]
     lib.pack_w8a32.argtypes = [p, i, i, p]
+    lib.pack_w8a8g.argtypes = [p, p, i, i, p, p]
+    lib.packed_scales.argtypes = [i, i]
+    lib.packed_scales.restype = i
+    lib.matmul_w8a8g.argtypes = [p, i, i, p, p, p, i, p]
     lib.matmul_w8a8.argtypes = [p, i, i, p, p, p, p, i, p]
     lib.matmul_w8a32.argtypes = [p, i, i, p, p, p, i, p]
     lib.packed_bytes.argtypes = [ctypes.c_int, i, i]
     lib.packed_bytes.restype = i
-    for f in (lib.pack_w8a8, lib.pack_w8a32, lib.matmul_w8a8, lib.matmul_w8a32):
+    for f in (lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
+              lib.matmul_w8a8g):
         f.restype = None
     return lib
 
@@ -112,8 +119,10 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
 
 class PackedInt8:
     """An int8 weight (N, K) with one fp32 scale per row and an optional bias, packed for one
-    kernel: `w8a8` (activations quantized per row, int8 x int8 -> int32, vpdpbusd) or `w8a32`
-    (weight-only: int8 widened to fp32, fp32 activations). Calling it multiplies fp32 rows."""
+    kernel: `w8a8` (activations quantized per row, int8 x int8 -> int32, vpdpbusd), `w8a8g`
+    (the same with one activation scale per 32 along K, as llama.cpp's Q8_0 dot product) or
+    `w8a32` (weight-only: int8 widened to fp32, fp32 activations). Calling it multiplies fp32
+    rows. For w8a8g, `scale` is (N, ceil(K / 32)): one per row and group of 32 (`GROUP`)."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, *, kind: str) -> None:
         lib = library()
@@ -123,20 +132,26 @@ class PackedInt8:
         self.n, self.k = qweight.shape
         qweight = qweight.contiguous()
         # 64-byte aligned: the kernels load each block's 64-byte groups with aligned loads
-        self.weight = _aligned_int8(lib.packed_bytes(kind == "w8a8", self.n, self.k))
+        self.weight = _aligned_int8(lib.packed_bytes(_LAYOUT[kind], self.n, self.k))
         self.scale = scale.float().contiguous()
         self.bias = None if bias is None else bias.float().contiguous()
+        self.rowsum = None
         if kind == "w8a8":
             self.rowsum = torch.empty(self.n, dtype=torch.int32)
             lib.pack_w8a8(_ptr(qweight), self.n, self.k, _ptr(self.weight), _ptr(self.rowsum))
+        elif kind == "w8a8g":
+            if self.scale.shape != (self.n, -(-self.k // GROUP)):
+                raise ValueError(f"w8a8g takes ({self.n}, {-(-self.k // GROUP)}) group scales, got {tuple(self.scale.shape)}")
+            packed = torch.empty(lib.packed_scales(self.n, self.k), dtype=torch.float16)
+            lib.pack_w8a8g(_ptr(qweight), _ptr(self.scale), self.n, self.k, _ptr(self.weight), _ptr(packed))
+            self.scale = packed  # fp16, in the kernel's layout
         else:
-            self.rowsum = None
             lib.pack_w8a32(_ptr(qweight), self.n, self.k, _ptr(self.weight))
         ptrs = [t.data_ptr() if t is not None else None for t in (self.weight, self.rowsum, self.scale, self.bias)]
         if kind == "w8a8":
             self._run, self._args = lib.matmul_w8a8, (self.k, *ptrs, self.n)
-        else:
-            self._run, self._args = lib.matmul_w8a32, (self.k, ptrs[0], *ptrs[2:], self.n)
+        else:  # w8a8g, w8a32: no row sums
+            self._run, self._args = getattr(lib, f"matmul_{kind}"), (self.k, ptrs[0], *ptrs[2:], self.n)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) fp32 -> (M, N) fp32."""
