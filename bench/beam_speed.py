@@ -12,8 +12,8 @@ One set of random weights everywhere: the HF Marian model is built first, scratc
 its weights (interop/marian.py) and CTranslate2 converts it (`TransformersConverter`, what
 `ct2-transformers-converter` runs, with a stand-in vocabulary: "</s>", "<unk>", "t2", ...,
 "<pad>"; fed those strings). scratchlm bf16 is `--dtype bfloat16`, int8 is `--quantize int8`
-(weight-only int8 x bf16 activations where bf16 is fast), int8-dynamic `--quantize
-int8-dynamic` (fbgemm W8A8, the output layer included); CTranslate2 int8 is its float32 model loaded with
+and int8-dynamic `--quantize int8-dynamic`, with the kernels they run on this CPU (the table's
+text says which: models/quant.py); CTranslate2 int8 is its float32 model loaded with
 compute_type="int8".
 
 Work is made equal: 8 sources of 20 random tokens decoded as one batch with 5 beams for
@@ -204,9 +204,11 @@ def main() -> None:
         f"{B} sources of {S} tokens, {BEAMS} beams, exactly {NEW} new tokens each; "
         f"median of {repeats} interleaved repeats (± half the min-max range), {threads} threads "
         f"everywhere (CTranslate2 {C.ct2_version()}: intra_threads={threads}). scratchlm bf16 is "
-        f"`--dtype bfloat16`, int8 ({kernel.replace('_', '-')}) is what `--quantize int8` runs on this CPU, "
-        "int8-dynamic is `--quantize int8-dynamic` (fbgemm W8A8 in every linear layer, the "
-        "output layer included); CTranslate2 int8 is "
+        f"`--dtype bfloat16`, int8 ({kernel.replace('_', '-')}) is what `--quantize int8` runs on this CPU "
+        f"({choose_precision(quantize='int8').describe().removeprefix('precision: ')}), "
+        "int8-dynamic is `--quantize int8-dynamic` ("
+        f"{choose_precision(quantize='int8-dynamic').describe().removeprefix('precision: ')}); "
+        "CTranslate2 int8 is "
         "compute_type=\"int8\". \"same tokens\": share of the best hypotheses' positions equal to "
         "HF fp32's up to each row's first difference (loose: random weights make near-ties "
         "common, and scratchlm does not mask the end token as HF and CTranslate2 do).",

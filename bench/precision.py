@@ -31,7 +31,7 @@ import decode_speed
 import torch
 from decode_speed import GPT2, PROMPT, build_pair, run_hf, run_ours
 
-from scratchlm.models.quant import apply_precision, choose_precision, int8_kernel
+from scratchlm.models.quant import apply_precision, choose_precision, int8_kernel, output_format
 
 NEW = decode_speed.NEW
 
@@ -185,9 +185,10 @@ def main() -> None:
         f"Greedy decoding, prompt of {PROMPT} random tokens, {NEW} new tokens forced, GPT-2 124M "
         "shape (12 layers, 768 wide, vocab 50257), the same random weights in every runner "
         f"(bench/precision.py). scratchlm int8 ({kernel.replace('_', '-')}) is what `--quantize int8` "
-        f"runs on this CPU: {choose_precision(quantize='int8').describe().removeprefix('precision: ')} "
-        "(models/quant.py `HalfLinear` for the tied output layer, as llama.cpp keeps output.weight at "
-        "higher precision); int8-dynamic is `--quantize int8-dynamic`: "
+        f"runs on this CPU: {choose_precision(quantize='int8').describe().removeprefix('precision: ')}"
+        + (" (models/quant.py `HalfLinear` for the tied output layer, as llama.cpp keeps output.weight at "
+           "higher precision in its k-quants)" if output_format("int8") == "fp16" else "")
+        + "; int8-dynamic is `--quantize int8-dynamic`: "
         f"{choose_precision(quantize='int8-dynamic').describe().removeprefix('precision: ')}, "
         "as CTranslate2's int8. The scratchlm kernels are models/kernels/int8_matmul.c "
         "(bench/int8_kernels.py times them against fbgemm's). bf16 is "
@@ -202,18 +203,15 @@ def main() -> None:
         "",
         f"Goals (issue 13): {goals}.",
         "",
-        "Reading it: the fastest int8 here is the W8A8 kernel (`--quantize int8-dynamic`), "
-        "which quantizes activations at every call (per row); on a real LLM its greedy output "
-        "drifts (SmolLM2-135M: outlier activation channels up to 720x their mean; see the "
-        "next section and `Int8Linear`), so `--quantize int8` is weight-only "
-        "(int8 weights, activations unquantized), trading speed for quality "
-        "(SmolLM2: fp32's first 16 greedy tokens on most ChatterBot prompts, "
-        "next sections). Tried and not enough: SmoothQuant-style migration of the outlier "
-        "channels into the weights (Xiao et al. 2022; alpha 0.5 and 0.8, calibrated on the "
-        "Shakespeare sample) left W8A8's SmolLM2 greedy tokens at 0 of 20 prompts, and at batch 1 "
-        "the per-tensor activation scale already is per token. What could close the gap: "
-        "group-wise int8 weights (Q8_0-style, 32 a scale: 19 of 20 prompts in fp32) with a "
-        "kernel that reads them directly; on CPUs with AMX, oneDNN's AMX-INT8 kernels. "
+        "Reading it: `--quantize int8-dynamic` quantizes each row's activations with one scale "
+        "(W8A8, as CTranslate2's int8): the fastest, but on a real LLM its greedy output drifts "
+        "(SmolLM2-135M: outlier activation channels up to 720x their mean; see the next "
+        "section and `Int8Linear`). Where scratchlm's kernels run, `--quantize int8` is "
+        "llama.cpp's Q8_0 scheme instead, one scale per 32 weights and per 32 activations, "
+        "which keeps SmolLM2's greedy tokens (next section) at a little more arithmetic a "
+        "weight (the 8-row column). Tried and not enough before it: SmoothQuant-style migration "
+        "of the outlier channels into the weights (Xiao et al. 2022; alpha 0.5 and 0.8) left "
+        "per-row W8A8's SmolLM2 greedy tokens at 0 of 20 prompts. "
         + overhead_line(prof),
         "",
         "Where scratchlm int8-dynamic's time goes at batch 1 (torch.profiler, self CPU time per decoding "

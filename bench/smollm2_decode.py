@@ -39,6 +39,7 @@ from precision import option, profile_ours
 
 import scratchlm
 from scratchlm.generate import GenerationConfig, generate_tokens
+from scratchlm.models.quant import choose_precision
 
 PROMPT, NEW = 32, 128
 GOAL = 1.0  # issue 13: scratchlm / llama.cpp Q8_0, batch 1
@@ -222,10 +223,12 @@ def main() -> None:
         f"Batch{'es' if len(batches) > 1 else ''} of {' and '.join(str(b) for b in batches)} "
         f"sequences of {PROMPT} random prompt tokens, "
         f"{NEW} new tokens each, {threads} threads on both sides. scratchlm: greedy `generate_tokens`, "
-        f"fp32; bf16 is `--dtype bfloat16`; int8 is `--quantize int8` ({int8_kind.replace('_', '-')} "
-        "on this CPU, output layer fp16 weights); int8-dynamic is `--quantize int8-dynamic` (fbgemm "
-        "W8A8 in every linear layer, the output layer included, which drifts on this model: see "
-        "\"Precision quality\"). llama.cpp: `llama-batched-bench -npp "
+        f"fp32; bf16 is `--dtype bfloat16`; int8 is `--quantize int8` ({int8_kind.replace('_', '-')}: "
+        f"{choose_precision(quantize='int8').describe().removeprefix('precision: ')}); "
+        "int8-dynamic is `--quantize int8-dynamic` ("
+        f"{choose_precision(quantize='int8-dynamic').describe().removeprefix('precision: ')}; "
+        "one activation scale a row drifts on this model: see \"Precision quality\"). "
+        "llama.cpp: `llama-batched-bench -npp "
         f"{PROMPT} -ntg {NEW} -npl B` (no sampling: it feeds random tokens). \"decode\": tokens after "
         "the first over the time after the first (llama.cpp's S_TG), median of "
         f"{repeats} interleaved repeats (± half the min-max range); \"end-to-end\": B x {NEW} over the "

@@ -1,6 +1,8 @@
 """Encoder-decoder families: the decoder protocol with a source, masks, state reorder, one
 generate and one beam search, and learning a small task through the one Trainer."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ import torch
 from scratchlm.config import run_config_from_dict
 from scratchlm.generate.beam import BeamConfig, beam_search
 from scratchlm.generate.decode import GenerationConfig, generate_tokens
+from scratchlm.hardware import capabilities
+from scratchlm.models.quant import apply_precision, choose_precision
 from scratchlm.registry import build_model
 from scratchlm.tokenizers.tokenizer import train_tokenizer
 from scratchlm.train.seq2seq import Seq2SeqLoss, teacher_forcing_ratio
@@ -205,15 +209,24 @@ def test_learns_to_reverse(name, steps, tmp_path):
             loss_fn=Seq2SeqLoss(cfg.train), show_progress=False).fit()
     model.eval()
     test = batches("test", np.random.default_rng(12345))
-    memory = model.encode(test["src_ids"], test["src_mask"])
-    start = torch.full((32, 1), tok.bos_id)
-    out = torch.stack(list(generate_tokens(model, start, config=GenerationConfig(
-        max_new_tokens=9, temperature=0), eos_id=tok.eos_id, pad_id=tok.pad_id, memory=memory)), 1)
-    correct = 0
-    for r in range(32):
-        want = test["labels"][r][test["labels"][r] != -100].tolist()  # reversed + eos
-        correct += out[r, : len(want)].tolist() == want
+
+    def reversed_exactly(model) -> int:
+        memory = model.encode(test["src_ids"], test["src_mask"])
+        start = torch.full((32, 1), tok.bos_id)
+        out = torch.stack(list(generate_tokens(model, start, config=GenerationConfig(
+            max_new_tokens=9, temperature=0), eos_id=tok.eos_id, pad_id=tok.pad_id, memory=memory)), 1)
+        correct = 0
+        for r in range(32):
+            want = test["labels"][r][test["labels"][r] != -100].tolist()  # reversed + eos
+            correct += out[r, : len(want)].tolist() == want
+        return correct
+
+    correct = reversed_exactly(model)
     assert correct / 32 >= 0.95, f"{name}: {correct}/32 exact"
+    if family == "seq2seq_transformer" and capabilities().fast_int8:  # and in int8, as it translates
+        for quantize in ("int8", "int8-dynamic"):
+            q = apply_precision(copy.deepcopy(model), choose_precision(quantize=quantize))
+            assert reversed_exactly(q) >= correct - 1, f"{quantize}: {reversed_exactly(q)}/32, fp32 {correct}/32"
 
 
 @pytest.mark.parametrize("name", ["rnn-bahdanau", "transformer"])
