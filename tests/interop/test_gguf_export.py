@@ -143,6 +143,23 @@ def test_quantised_types(outtype, bpe, tmp_path):
         assert types["blk.1.ffn_down.weight"] == Q.Q6_K
 
 
+def test_a_q8_0_file_under_quantize_int8_keeps_its_own_int8_values(bpe, tmp_path):
+    """Import expands Q8_0 to fp32; `--quantize int8`'s grouped kernel (llama.cpp's Q8_0
+    scheme, models/quant.py) quantizes it back to the file's own int8 values and scales: every
+    block's largest value is 127 steps, so requantizing loses nothing more."""
+    from scratchlm.models.quant import group_int8
+
+    path = gguf_write.save_gguf(tmp_path / "m.gguf", _model("llama", bpe.vocab_size), bpe, outtype="q8_0")
+    loaded, _ = scratchlm.load(path)  # fp32, dequantized from the file
+    linears = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 7 + 1
+    for layer in linears:
+        w = layer.weight.detach()
+        q, scale = group_int8(w)
+        steps = scale.half().float().repeat_interleave(32, 1)[:, : w.shape[1]]  # the kernel's fp16 scales
+        assert torch.equal(q.float() * steps, w)
+
+
 def test_qwen2_export_is_what_transformers_reads_as_qwen2(bpe, tmp_path):
     """A transformers Qwen2 model -> scratchlm -> our qwen2 GGUF -> transformers' GGUF loader:
     the same logits (transformers maps GGUF names and RoPE order independently of us)."""
