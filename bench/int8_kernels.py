@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.models import kernels
+from scratchlm.models.quant import group_int8
 
 MODELS = {  # (out, in) of one layer's linears, layers, output layer (out, in)
     "GPT-2 124M": ([(2304, 768), (768, 768), (3072, 768), (768, 3072)], 12, (50257, 768)),
@@ -51,11 +52,7 @@ def runners(shape_list: list[tuple[int, int]]) -> dict[str, list]:
         if kernels.library() is not None:
             out["ours w8a8"].append(kernels.PackedInt8(q8, scale, None, kind="w8a8"))
             out["ours w8a32"].append(kernels.PackedInt8(q8, scale, None, kind="w8a32"))
-            kp = -(-k // kernels.GROUP) * kernels.GROUP
-            wg = F.pad(w, (0, kp - k)).view(n, -1, kernels.GROUP)
-            sg = wg.abs().amax(2, keepdim=True) / 127
-            qg = (wg / sg).round().clamp(-127, 127).to(torch.int8).view(n, kp)[:, :k]
-            out["ours w8a8g"].append(kernels.PackedInt8(qg, sg[..., 0], None, kind="w8a8g"))
+            out["ours w8a8g"].append(kernels.PackedInt8(*group_int8(w), None, kind="w8a8g"))
     return {k: v for k, v in out.items() if v}
 
 

@@ -118,11 +118,12 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
 
 
 class PackedInt8:
-    """An int8 weight (N, K) with one fp32 scale per row and an optional bias, packed for one
-    kernel: `w8a8` (activations quantized per row, int8 x int8 -> int32, vpdpbusd), `w8a8g`
-    (the same with one activation scale per 32 along K, as llama.cpp's Q8_0 dot product) or
-    `w8a32` (weight-only: int8 widened to fp32, fp32 activations). Calling it multiplies fp32
-    rows. For w8a8g, `scale` is (N, ceil(K / 32)): one per row and group of 32 (`GROUP`)."""
+    """An int8 weight (N, K) with its fp32 scales and an optional bias, packed for one kernel:
+    `w8a8` (one weight scale per row, activations quantized per row, int8 x int8 -> int32,
+    vpdpbusd), `w8a8g` (weights and activations with one scale per row and group of 32 along
+    K, `GROUP`, as llama.cpp's Q8_0 dot product: `scale` is (N, ceil(K / 32))) or `w8a32`
+    (weight-only, one scale per row: int8 widened to fp32, fp32 activations). Calling it
+    multiplies fp32 rows."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, *, kind: str) -> None:
         lib = library()
