@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.models import kernels
 from scratchlm.models.cache import KVCache
+from scratchlm.models.layers import rotate
 
 _captured: list[list[torch.Tensor]] = []  # the open capture_attention() lists, innermost last
 
@@ -34,6 +36,11 @@ def capture_attention() -> Iterator[list[torch.Tensor]]:
         yield weights
     finally:
         _captured.remove(weights)
+
+
+def capturing() -> bool:
+    """Whether a `capture_attention()` is open (so attention must run where it records)."""
+    return bool(_captured)
 
 
 def _record(q: torch.Tensor, k: torch.Tensor, past: int) -> None:
@@ -68,9 +75,20 @@ def causal_attention(
     cache: KVCache | None,
     layer: int,
     dropout_p: float = 0.0,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """q: (B, nh, T, hd); k, v: (B, n_kv, T, hd) for the new positions. Returns (B, nh, T, hd)."""
+    """q: (B, nh, T, hd); k, v: (B, n_kv, T, hd) for the new positions. Returns (B, nh, T, hd).
+
+    `rotary`: RoPE's (cos, sin) at the new positions, (T, hd) or (B, 1, T, hd) per row
+    (`RotaryEmbedding.rows`), applied here to q and k: decoding one token, the rotation, the
+    cache write and the attention are then one kernel call (`_decode_one`)."""
     t = q.shape[2]
+    if t == 1 and cache is not None and dropout_p == 0.0:
+        y = _decode_one(q, k, v, cache, layer, rotary)
+        if y is not None:
+            return y
+    if rotary is not None:
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
     past = 0
     padded = None
     if cache is not None:
@@ -92,6 +110,35 @@ def causal_attention(
     s = k.shape[2]
     mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=past)
     return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+def _decode_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor | None:
+    """One token per row through `kernels.attend_one` (RoPE, cache write and attention in one
+    call; ~40 PyTorch ops a layer otherwise), or None where it does not apply: no kernels on
+    this CPU, not fp32 on CPU, autograd recording, attention weights being captured, or
+    more than `kernels.MAX_HEAD_DIM` per head. Same results as the path below to ~1e-6
+    (tests/models/test_decode_attention.py)."""
+    if _captured or not isinstance(cache, KVCache) or q.device.type != "cpu":
+        return None
+    if not (q.dtype == k.dtype == v.dtype == cache.k.dtype == torch.float32):
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or cache.k.requires_grad):
+        return None
+    if q.shape[-1] > kernels.MAX_HEAD_DIM or kernels.library() is None:
+        return None
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if rotary is not None and rotary[0].dtype != torch.float32:
+        return None
+    k_cache, v_cache = cache.buffers()
+    if not k_cache.is_contiguous():
+        return None
+    k_cache, v_cache = k_cache[layer], v_cache[layer]
+    return kernels.attend_one(q, k, v, k_cache, v_cache, cache.length, rotary=rotary, pad=cache.pad)
 
 
 def padded_attention(

@@ -150,6 +150,11 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv, end, hd)
 
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole key and value buffers, (n_layer, B, n_kv, max_len, hd) each: for kernels
+        that write position `length` themselves (models/kernels)."""
+        return self.k, self.v
+
     def advance(self, t: int) -> None:
         self.length += t
 

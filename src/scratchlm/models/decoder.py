@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.models import attention, kernels
 from scratchlm.models.cache import KVCache
 from scratchlm.models.config import DecoderConfig
 
@@ -25,6 +26,13 @@ class DecoderLM(nn.Module):
     residual_projections: tuple[str, ...] = ()
     # Prompts of different lengths decode in one batch, left-padded (KVCache.set_left_padding).
     supports_left_padding = True
+    # Every layer in one native call while decoding one token per row (models/kernels'
+    # DecodeLayers, from the family's `layer_specs()`); set by models/quant.py for int8.
+    fused_decode: kernels.DecodeLayers | None = None
+
+    def layer_specs(self) -> list[kernels.LayerSpec]:
+        """Each layer's structure for `kernels.DecodeLayers` (families that have one)."""
+        return []
 
     @property
     def max_context(self) -> int | None:
@@ -82,6 +90,18 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.check_room(t)
         return start
+
+    def _decode_fused(self, x: torch.Tensor, cache: KVCache | None, start: int,
+                      rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+        """Run every layer on x (B, 1, C) in place through `fused_decode` where it applies (one
+        token per row into an fp32 KV cache on CPU, no autograd, no attention capture); False
+        where the blocks must run. `rotary`: RoPE's rows at the new positions."""
+        if (self.fused_decode is None or cache is None or x.shape[1] != 1 or attention.capturing()
+                or x.dtype != torch.float32 or cache.k.dtype != torch.float32 or x.device.type != "cpu"
+                or (x.requires_grad and torch.is_grad_enabled()) or not cache.k.is_contiguous()):
+            return False
+        self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.buffers(), start, rotary=rotary, pad=cache.pad)
+        return True
 
     @staticmethod
     def _kept(x: torch.Tensor, logits_to_keep: int, logits_mask: torch.Tensor | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.models import kernels
 from scratchlm.models.attention import causal_attention, sdpa
 from scratchlm.models.cache import KVCache
 from scratchlm.models.config import DecoderConfig
@@ -108,6 +109,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+    def layer_spec(self) -> kernels.LayerSpec:
+        a, m = self.attn, self.mlp
+        return kernels.LayerSpec(norm="layer", eps=self.ln_1.eps, norm1=(self.ln_1.weight, self.ln_1.bias),
+                                 norm2=(self.ln_2.weight, self.ln_2.bias), qkv=a.c_attn, o=a.c_proj, up=m.c_fc,
+                                 down=m.c_proj, mlp="gelu_tanh", n_head=a.n_head, n_kv=a.n_head, head_dim=a.head_dim)
+
+
 class GPT(DecoderLM):
     residual_projections = ("c_proj",)
 
@@ -129,6 +137,9 @@ class GPT(DecoderLM):
         self.init_weights()
         self.lm_head.weight = self.transformer.wte.weight  # tied (Press & Wolf 2017)
 
+    def layer_specs(self) -> list[kernels.LayerSpec]:
+        return [block.layer_spec() for block in self.transformer.h]
+
     def forward(
         self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0,
         position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
@@ -143,8 +154,9 @@ class GPT(DecoderLM):
             pos = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
+        if not (self.fused_decode and self._decode_fused(x, cache, start)):
+            for i, block in enumerate(self.transformer.h):
+                x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
         x = self._kept(x, logits_to_keep, logits_mask)  # (B, T or logits_to_keep, C) or (N, C)
         logits = output_logits(self.lm_head, self.transformer.ln_f(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

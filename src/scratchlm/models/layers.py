@@ -80,12 +80,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", torch.cat([-sin[:, : sin.shape[1] // 2], sin[:, sin.shape[1] // 2 :]], -1),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, *, start: int) -> torch.Tensor:
-        """x: (B, nh, T, hd) at positions start .. start+T-1."""
-        t = x.shape[2]
+    def rows(self, start: int, t: int, position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for positions start .. start+t-1, (t, hd) each, or at per-token positions
+        `position_ids` (B, t), (B, 1, t, hd) each: what `rotate` takes for x (B, nh, t, hd)."""
         if start + t > self.cos.shape[0]:
             self._build(start + t)
-        return rotate(x, self.cos[start : start + t], self.sin[start : start + t])  # (T, hd) each
+        if position_ids is not None:  # (positions never exceed start + t - 1)
+            return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+        return self.cos[start : start + t], self.sin[start : start + t]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

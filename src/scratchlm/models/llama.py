@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.models import kernels
 from scratchlm.models.attention import causal_attention, sdpa
 from scratchlm.models.cache import KVCache
 from scratchlm.models.config import DecoderConfig
@@ -101,11 +102,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def rope_at(rope: RotaryEmbedding, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """RoPE at per-token positions (packed rows): x (B, nh, T, hd), position_ids (B, T)."""
-    return rotate(x, rope.cos[position_ids].unsqueeze(1), rope.sin[position_ids].unsqueeze(1))  # (B, 1, T, hd)
-
-
 class Attention(nn.Module):
     # For inference, models/quant.py may replace q/k/v by one layer over their stacked
     # weights (`fuse_linears`): one matmul instead of three.
@@ -135,14 +131,12 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        if position_ids is None:
-            q, k = rope(q, start=start), rope(k, start=start)
-        else:
-            q, k = rope_at(rope, q, position_ids), rope_at(rope, k, position_ids)
+        cos, sin = rope.rows(start, T, position_ids)  # (T, hd), or (B, 1, T, hd) at position_ids
         p = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p)  # (B, nh, T, hd)
+        if attn_mask is None:  # RoPE is applied there (with the attention, in one call while decoding)
+            y = causal_attention(q, k, v, cache=cache, layer=layer, dropout_p=p, rotary=(cos, sin))  # (B, nh, T, hd)
         else:  # packed rows: the mask is causal and block-diagonal
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             y = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=p, enable_gqa=self.n_kv != self.n_head)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)
@@ -166,6 +160,13 @@ class Block(nn.Module):
                            position_ids=position_ids, attn_mask=attn_mask)
         x = x + self.drop(h)
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
+
+
+    def layer_spec(self) -> kernels.LayerSpec:
+        a, m, n1, n2 = self.self_attn, self.mlp, self.input_layernorm, self.post_attention_layernorm
+        return kernels.LayerSpec(norm="rms", eps=n1.eps, norm1=(n1.weight, None), norm2=(n2.weight, None),
+                                 qkv=a.qkv_proj, o=a.o_proj, up=m.gate_up_proj, down=m.down_proj, mlp="swiglu",
+                                 n_head=a.n_head, n_kv=a.n_kv, head_dim=a.head_dim)
 
 
 class LlamaModel(nn.Module):
@@ -195,6 +196,9 @@ class Llama(DecoderLM):
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def layer_specs(self) -> list[kernels.LayerSpec]:
+        return [block.layer_spec() for block in self.model.layers]
+
     def forward(
         self, input_ids: torch.Tensor, *, cache: KVCache | None = None, logits_to_keep: int = 0,
         position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
@@ -205,9 +209,10 @@ class Llama(DecoderLM):
         if cache is not None and cache.pad is not None:
             position_ids = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
-        for i, block in enumerate(self.model.layers):
-            x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
-                      position_ids=position_ids, attn_mask=attn_mask)
+        if not (self.fused_decode and self._decode_fused(x, cache, start, self.model.rotary.rows(start, T, position_ids))):
+            for i, block in enumerate(self.model.layers):
+                x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
+                          position_ids=position_ids, attn_mask=attn_mask)
         x = self._kept(x, logits_to_keep, logits_mask)  # (B, T or logits_to_keep, C) or (N, C)
         logits = output_logits(self.lm_head, self.model.norm(x))  # (B, T or logits_to_keep, vocab)
         return self._finish(logits, cache, T)

@@ -230,6 +230,8 @@ def quantize_int8(model: nn.Module, *, kernel: str | None = None, output: str = 
         setattr(owner, leaf, HalfLinear(module) if name == OUTPUT_LAYER and output == "fp16"
                 else Int8Linear(module, kernel=kernel, reduce_range=not caps.vnni))
         swapped.append(name)
+    if hasattr(model, "layer_specs"):  # decoding a token: all layers in one call where they can
+        model.fused_decode = kernels.DecodeLayers.build(model.layer_specs())
     return swapped
 
 

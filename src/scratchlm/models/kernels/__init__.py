@@ -1,4 +1,6 @@
-"""scratchlm's own int8 matmul kernels (int8_matmul.c), for decoding on CPUs with AVX-512 VNNI.
+"""scratchlm's own CPU kernels for decoding on CPUs with AVX-512 VNNI: int8 matmuls
+(int8_matmul.c), and one token's attention over the KV cache (`attend_one`) or whole decoder
+layers (`DecodeLayers`) in one call (decode.c).
 
 Compiled once per machine with the system C compiler (`$CC`, default `cc`; g++/gcc are what
 the Makefile's llama.cpp build needs anyway) into ~/.cache/scratchlm/kernels/, keyed by the
@@ -14,19 +16,21 @@ uses torch's kernels (fbgemm, `_weight_int8pack_mm`).
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import hashlib
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from scratchlm.hardware import capabilities
 
-SOURCE = Path(__file__).with_name("int8_matmul.c")
+SOURCES = [Path(__file__).with_name(n) for n in ("int8_matmul.c", "decode.c")]
 # Named ISA extensions rather than -march=native: the library runs on any CPU with them.
 FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
          "-mavx512dq", "-mavx512vnni", "-mf16c"]
@@ -47,24 +51,25 @@ def _compiler() -> tuple[str, str]:
 
 
 def build(dest_dir: Path | None = None) -> Path:
-    """Compile int8_matmul.c (if not already built) and return the shared library's path.
+    """Compile the kernels (if not already built) into one shared library; return its path.
     Written to a temporary name and renamed, so concurrent builds and kill -9 leave either
     nothing or a whole library."""
     cc, version = _compiler()
     if not version:
         raise OSError(f"no C compiler ({cc} --version failed); set CC or install gcc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [version]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS + [version]).encode()).hexdigest()[:16]
     dest_dir = dest_dir or cache_dir()
-    lib = dest_dir / f"int8_matmul-{key}.so"
+    lib = dest_dir / f"scratchlm_kernels-{key}.so"
     if lib.exists():
         return lib
     dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".int8_matmul-", suffix=".so.tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".scratchlm_kernels-", suffix=".so.tmp")
     os.close(fd)
     try:
-        out = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-lm", "-o", tmp], capture_output=True, text=True,
+                             timeout=300)
         if out.returncode != 0:
-            raise OSError(f"{cc} failed to compile {SOURCE.name}: {(out.stderr or out.stdout).strip()[-300:]}")
+            raise OSError(f"{cc} failed to compile the kernels: {(out.stderr or out.stdout).strip()[-300:]}")
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -84,7 +89,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.matmul_w8a32.argtypes = [p, i, i, p, p, p, i, p]
     lib.packed_bytes.argtypes = [ctypes.c_int, i, i]
     lib.packed_bytes.restype = i
-    for f in (lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
+    lib.attend_one.argtypes = [p]
+    lib.decode_layers.argtypes = [p, i, p]
+    for f in (lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
               lib.matmul_w8a8g):
         f.restype = None
     return lib
@@ -172,3 +179,136 @@ def _aligned_int8(size: int) -> torch.Tensor:
     raw = torch.zeros(size + 64, dtype=torch.int8)
     offset = (-raw.data_ptr()) % 64
     return raw[offset:offset + size]
+
+
+MAX_HEAD_DIM = 256  # attend_one's limit (decode_attention.c's MAX_HD)
+
+
+def attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    past: int, *, rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One new token's attention (decode_attention.c): q (B, nh, 1, hd), k, v (B, n_kv, 1, hd),
+    fp32 with unit stride along hd; k_cache, v_cache one layer's contiguous (B, n_kv, max_len,
+    hd) buffers, `past` positions filled. Rotates q and k by `rotary` (cos, sin) rows, (1, hd)
+    or (B, 1, 1, hd), writes k and v at position `past`, attends over positions pad[r] .. past
+    of each row (`pad` (B,) int64: left padding) and returns (B, nh, 1, hd), a view of a
+    (B, 1, nh, hd) buffer: transposed back, it is the output projection's input without a copy."""
+    b, nh, _, hd = q.shape
+    out = torch.empty(b, 1, nh, hd)
+    cos = sin = rope_sb = 0
+    if rotary is not None:
+        c, s = rotary
+        if not (c.is_contiguous() and s.is_contiguous()):
+            c, s = c.contiguous(), s.contiguous()
+        cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), hd if c.numel() > hd else 0
+    qs, ks, vs, cs = q.stride(), k.stride(), v.stride(), k_cache.stride()
+    args = array.array("q", (b, nh, k.shape[1], hd, q.data_ptr(), k.data_ptr(), v.data_ptr(), qs[0], qs[1], ks[0],
+                             ks[1], vs[0], vs[1], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], past, cos,
+                             sin, rope_sb, 0 if pad is None else pad.data_ptr(), out.data_ptr()))
+    if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
+        with torch.profiler.record_function("scratchlm::attend_one"):
+            library().attend_one(args.buffer_info()[0])
+    else:
+        library().attend_one(args.buffer_info()[0])
+    return out.transpose(1, 2)
+
+
+@dataclass
+class LayerSpec:
+    """What `DecodeLayers` needs of one pre-norm decoder layer, as its family states it:
+
+        h = x + o(attention(qkv(norm1(x))));  x' = h + down(act(up(norm2(h))))
+
+    `norm`: "rms" (weights only) or "layer" (weights and biases); `mlp`: "swiglu" (`up` is
+    the fused [gate; up] layer: silu(gate) * up) or "gelu_tanh"; `qkv` yields [q; k; v] with
+    n_head and n_kv heads of head_dim. The linear layers are modules: only int8 ones backed by
+    a `PackedInt8` can run here (`DecodeLayers.build` says None otherwise)."""
+
+    norm: str
+    eps: float
+    norm1: tuple[torch.Tensor, torch.Tensor | None]
+    norm2: tuple[torch.Tensor, torch.Tensor | None]
+    qkv: torch.nn.Module | None
+    o: torch.nn.Module
+    up: torch.nn.Module | None
+    down: torch.nn.Module
+    mlp: str
+    n_head: int
+    n_kv: int
+    head_dim: int
+
+
+class _Linear(ctypes.Structure):  # decode.c's linear_t
+    _fields_ = [("kind", ctypes.c_int64), ("k", ctypes.c_int64), ("n", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("rowsum", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+class _Layer(ctypes.Structure):  # decode.c's layer_t
+    _fields_ = [*((f, ctypes.c_int64) for f in ("d", "nh", "nkv", "hd", "ff", "norm", "mlp")), ("eps", ctypes.c_double),
+                *((f, ctypes.c_void_p) for f in ("norm1_w", "norm1_b", "norm2_w", "norm2_b")),
+                *((f, _Linear) for f in ("qkv", "o", "up", "down"))]
+
+
+class DecodeLayers:
+    """Every layer of a decoder, run for one new token per row in one native call (decode.c's
+    `decode_layers`): what the modules compute, with their int8 kernels, without ~190 PyTorch
+    ops a layer. Built once from the layers' `LayerSpec`s (`build`), it keeps them alive."""
+
+    def __init__(self, specs: list[LayerSpec]) -> None:
+        self.specs = specs
+        self.layers = (_Layer * len(specs))()
+        self._keep = []  # fp32 copies of norm weights, kept alive for the pointers
+        for spec, layer in zip(specs, self.layers, strict=True):
+            up = spec.up._packed
+            layer.d, layer.nh, layer.nkv, layer.hd = spec.o._packed.n, spec.n_head, spec.n_kv, spec.head_dim
+            layer.ff = up.n // 2 if spec.mlp == "swiglu" else up.n
+            layer.norm, layer.mlp, layer.eps = ("rms", "layer").index(spec.norm), ("swiglu", "gelu_tanh").index(spec.mlp), spec.eps
+            for name, t in zip(("norm1_w", "norm1_b", "norm2_w", "norm2_b"), (*spec.norm1, *spec.norm2), strict=True):
+                if t is not None:
+                    t = t.detach().float().contiguous()
+                    self._keep.append(t)
+                setattr(layer, name, None if t is None else t.data_ptr())
+            for name in ("qkv", "o", "up", "down"):
+                p = getattr(spec, name)._packed
+                setattr(layer, name, _Linear(_LAYOUT[p.kind], p.k, p.n, p.weight.data_ptr(),
+                                             *(None if t is None else t.data_ptr() for t in (p.rowsum, p.scale, p.bias))))
+
+    @classmethod
+    def build(cls, specs: list[LayerSpec]) -> DecodeLayers | None:
+        """The layers in one call, or None where some layer cannot run here: a linear layer
+        without scratchlm's int8 kernels (fp32, bf16, LoRA, torch's int8), q/k/v or gate/up not
+        fused, a head larger than MAX_HEAD_DIM, or widths that differ between layers."""
+        if not specs or library() is None:
+            return None
+        for s in specs:
+            mods = (s.qkv, s.o, s.up, s.down)
+            if not all(isinstance(getattr(m, "_packed", None), PackedInt8) for m in mods):
+                return None
+            if s.head_dim > MAX_HEAD_DIM or s.n_head % s.n_kv or s.norm not in ("rms", "layer"):
+                return None
+            if s.qkv._packed.n != (s.n_head + 2 * s.n_kv) * s.head_dim or s.mlp not in ("swiglu", "gelu_tanh"):
+                return None
+        if len({(s.o._packed.n, s.qkv._packed.n, s.up._packed.n, s.n_head, s.n_kv, s.head_dim) for s in specs}) != 1:
+            return None
+        return cls(specs)
+
+    def __call__(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, past: int, *,
+                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pad: torch.Tensor | None = None) -> None:
+        """x (B, d) fp32 contiguous, updated in place through every layer; the KV cache's
+        (n_layer, B, n_kv, max_len, hd) contiguous keys and values, `past` positions filled
+        (position `past` is written); `rotary`, `pad` as `attend_one`'s."""
+        cos = sin = rope_sb = 0
+        if rotary is not None:
+            c, s = rotary
+            if not (c.is_contiguous() and s.is_contiguous()):
+                c, s = c.contiguous(), s.contiguous()
+            cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), c.shape[-1] if c.numel() > c.shape[-1] else 0
+        cs = k_cache.stride()
+        args = array.array("q", (x.data_ptr(), x.shape[0], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], cs[2],
+                                 past, cos, sin, rope_sb, 0 if pad is None else pad.data_ptr()))
+        if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
+            with torch.profiler.record_function("scratchlm::decode_layers"):
+                library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
+        else:
+            library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])

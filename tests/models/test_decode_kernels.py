@@ -1,0 +1,136 @@
+"""decode.c: one token's attention (`attend_one`) and whole int8 decoder layers in one call
+(`DecodeLayers`) compute what the PyTorch modules compute, and run only where they apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchlm.models import kernels
+from scratchlm.models.attention import capture_attention
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.layers import RotaryEmbedding, rotate
+from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.models.quant import apply_precision, choose_precision
+
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=f"scratchlm's kernels: {kernels.why_not()}")
+
+
+def _reference(q, k, v, kc, vc, past, rotary, pad):
+    """RoPE, cache write and SDPA through torch ops, as causal_attention does them."""
+    if rotary is not None:
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
+    kc[:, :, past : past + 1], vc[:, :, past : past + 1] = k, v
+    keys, vals = kc[:, :, : past + 1], vc[:, :, : past + 1]
+    mask = None
+    if pad is not None:  # keys before pad[r] are padding; a padding query sees itself
+        pos = torch.arange(past + 1)
+        mask = ((pos[None, :] >= pad[:, None]) | (pos[None, :] == past))[:, None, None, :]
+    return F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+# (B, n_head, n_kv, hd, past): GQA with RoPE, MHA without, hd not a multiple of 16, enough
+# work for threads, more positions than the kernel's stack buffer
+@pytest.mark.parametrize("b,nh,nkv,hd,past", [(1, 9, 3, 64, 40), (3, 4, 4, 40, 7), (2, 12, 12, 64, 200),
+                                                (1, 2, 1, 32, 1500), (2, 4, 2, 16, 0)])
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attend_one_is_rope_cache_write_and_sdpa(b, nh, nkv, hd, past, rope, padded):
+    g = torch.Generator().manual_seed(past + hd)
+    q, k, v = (torch.randn(b, h, 1, hd, generator=g) for h in (nh, nkv, nkv))
+    kc, vc = torch.randn(b, nkv, past + 5, hd, generator=g), torch.randn(b, nkv, past + 5, hd, generator=g)
+    rotary = None
+    if rope:  # per-row positions, as left padding gives
+        table = RotaryEmbedding(hd, max_len=past + 1)
+        pos = torch.randint(0, past + 1, (b, 1), generator=g)
+        rotary = table.rows(past, 1, pos)  # (B, 1, 1, hd) each
+    pad = torch.randint(0, past + 2, (b,), generator=g) if padded else None  # past + 1: a padding query
+    kc2, vc2 = kc.clone(), vc.clone()
+    want = _reference(q, k, v, kc2, vc2, past, rotary, pad)
+    got = kernels.attend_one(q, k, v, kc, vc, past, rotary=rotary, pad=pad)
+    assert got.shape == (b, nh, 1, hd)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc, kc2, rtol=1e-6, atol=1e-6)  # the new key written, rotated
+    assert torch.equal(vc, vc2)
+
+
+def _model(family, quantize, seed=0):
+    torch.manual_seed(seed)
+    if family == "llama":
+        m = Llama(LlamaConfig(vocab_size=97, n_layer=3, n_head=6, n_kv_head=2, d_model=96, block_size=128))
+    else:
+        m = GPT(GPTConfig(vocab_size=97, n_layer=3, n_head=4, d_model=64, block_size=128))
+    with torch.no_grad():
+        for p in m.parameters():  # larger than init, so that every part of a layer matters
+            p.normal_(0, 0.2)
+    return apply_precision(m, choose_precision(dtype="float32", quantize=quantize, device="cpu"))
+
+
+def _steps(m, ids, pad=None):
+    """Each decoding step after a 5-token prompt run both ways from the same cache: lists of
+    the fused and the blocks' logits (B, 1, vocab) and of their caches' new keys."""
+    cache = m.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1])
+    if pad is not None:
+        cache.set_left_padding(pad)
+    fused = m.fused_decode
+    m.fused_decode = None
+    _, cache = m(ids[:, :5], cache=cache)
+    out = {True: [], False: []}
+    for i in range(5, ids.shape[1]):
+        for use in (True, False):
+            c = m.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1])
+            c.k.copy_(cache.k), c.v.copy_(cache.v)
+            c.length, c.pad = cache.length, cache.pad
+            m.fused_decode = fused if use else None
+            logits, c = m(ids[:, i : i + 1], cache=c)
+            out[use].append((logits, c.k[:, :, :, i].clone()))
+        cache = c  # continue from the blocks' cache
+    m.fused_decode = fused
+    return out[True], out[False]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt"])
+@pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_layers_compute_what_the_blocks_compute(family, quantize, padded):
+    m = _model(family, quantize)
+    assert isinstance(m.fused_decode, kernels.DecodeLayers)
+    ids = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(1))
+    pad = torch.tensor([0, 2, 4]) if padded else None
+    with torch.inference_mode():
+        got, want = _steps(m, ids, pad)
+    scale = max(w[0].abs().max().item() for w in want)
+    diffs = sorted(max((g[i] - w[i]).abs().max().item() for i in (0, 1)) for g, w in zip(got, want, strict=True))
+    # The same int8 products; norms and softmax sum in another order, which now and then
+    # moves an activation across a rounding step of its int8 quantization: rare, small steps.
+    assert diffs[len(diffs) // 2] < 1e-5 * scale, diffs
+    assert diffs[-1] < 0.05 * scale, diffs
+    same = sum(torch.equal(g[0].argmax(-1), w[0].argmax(-1)) for g, w in zip(got, want, strict=True))
+    assert same >= len(got) - 1
+
+
+def test_fused_layers_replace_the_blocks_only_where_they_apply(monkeypatch):
+    m = _model("llama", "int8")
+    calls = []
+    block_forward = type(m.model.layers[0]).forward
+    monkeypatch.setattr(type(m.model.layers[0]), "forward", lambda self, *a, **k: calls.append(1) or block_forward(self, *a, **k))
+    ids = torch.randint(0, 97, (2, 8))
+    with torch.inference_mode():
+        cache = m.init_cache(batch_size=2, max_len=16)
+        _, cache = m(ids, cache=cache)  # a prompt: the blocks
+        assert len(calls) == 3
+        _, cache = m(ids[:, :1], cache=cache)  # one token: every layer in one call
+        assert len(calls) == 3
+        with capture_attention() as weights:  # attention maps need the blocks
+            _, cache = m(ids[:, :1], cache=cache)
+        assert len(calls) == 6 and len(weights) == 3
+        m(ids[:, :1])  # no cache: the blocks
+    assert len(calls) == 9
+
+
+def test_no_fused_layers_without_int8_kernels():
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=64, block_size=64))
+    assert m.fused_decode is None  # fp32
+    assert kernels.DecodeLayers.build(m.layer_specs()) is None  # nn.Linear layers, unfused q/k/v
