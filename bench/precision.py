@@ -104,11 +104,12 @@ def overhead_line(prof: list[list[str]]) -> str:
     """What profile_ours' last two rows say: op time against wall time per forward step."""
     ops, wall = float(prof[-2][1]), float(prof[-1][1])
     return (f"At batch 1 the ops of a forward step take {ops:.1f} ms of its {wall:.1f} ms "
-            f"({prof[-2][3]} op calls a step, scratchlm's int8 kernels included as "
-            "`scratchlm::int8_*`); the other "
-            f"{max(wall - ops, 0):.1f} ms are Python "
-            "and dispatch between them, which a step captured once and replayed (a compiled "
-            "graph, or a decode step in C++ as CTranslate2 and llama.cpp have) would remove.")
+            f"({prof[-2][3]} op calls a step). `scratchlm::decode_layers` is every layer in one "
+            "native call (models/kernels/decode.c: the int8 matmuls, norms, RoPE, the KV-cache "
+            "write and attention, as CTranslate2 and llama.cpp run a layer); the output layer "
+            "is `scratchlm::int8_*`; the other "
+            f"{max(wall - ops, 0):.1f} ms are Python and dispatch around them (embedding, the "
+            "final norm, the cache's bookkeeping).")
 
 
 def main() -> None:

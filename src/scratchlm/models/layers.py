@@ -80,6 +80,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", torch.cat([-sin[:, : sin.shape[1] // 2], sin[:, sin.shape[1] // 2 :]], -1),
                              persistent=False)
 
+    def forward(self, x: torch.Tensor, *, start: int) -> torch.Tensor:
+        """x: (B, nh, T, hd) rotated to positions start .. start+T-1."""
+        return rotate(x, *self.rows(start, x.shape[2]))
+
     def rows(self, start: int, t: int, position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) for positions start .. start+t-1, (t, hd) each, or at per-token positions
         `position_ids` (B, t), (B, 1, t, hd) each: what `rotate` takes for x (B, nh, t, hd)."""
