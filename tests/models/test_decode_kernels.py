@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.layers import RotaryEmbedding, rotate
 from scratchlm.models.llama import Llama, LlamaConfig
 from scratchlm.models.quant import apply_precision, choose_precision
+from scratchlm.models.seq2seq_transformer import Seq2SeqTransformer, Seq2SeqTransformerConfig
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=f"scratchlm's kernels: {kernels.why_not()}")
 
@@ -55,39 +58,47 @@ def test_attend_one_is_rope_cache_write_and_sdpa(b, nh, nkv, hd, past, rope, pad
     assert torch.equal(vc, vc2)
 
 
-def _model(family, quantize, seed=0):
+def _model(family, quantize, seed=0, **cfg):
     torch.manual_seed(seed)
     if family == "llama":
         m = Llama(LlamaConfig(vocab_size=97, n_layer=3, n_head=6, n_kv_head=2, d_model=96, block_size=128))
-    else:
+    elif family == "gpt":
         m = GPT(GPTConfig(vocab_size=97, n_layer=3, n_head=4, d_model=64, block_size=128))
+    else:
+        m = Seq2SeqTransformer(Seq2SeqTransformerConfig(vocab_size=97, n_layer=3, n_head=4, d_model=64,
+                                                        block_size=64, dropout=0.0, **cfg))
     with torch.no_grad():
         for p in m.parameters():  # larger than init, so that every part of a layer matters
             p.normal_(0, 0.2)
     return apply_precision(m, choose_precision(dtype="float32", quantize=quantize, device="cpu"))
 
 
-def _steps(m, ids, pad=None):
-    """Each decoding step after a 5-token prompt run both ways from the same cache: lists of
-    the fused and the blocks' logits (B, 1, vocab) and of their caches' new keys."""
-    cache = m.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1])
-    if pad is not None:
-        cache.set_left_padding(pad)
+def _steps(m, ids, cache):
+    """Each decoding step after a 5-token prompt, run both ways from copies of one cache:
+    lists of the fused and the modules' logits (B, 1, vocab)."""
     fused = m.fused_decode
     m.fused_decode = None
     _, cache = m(ids[:, :5], cache=cache)
     out = {True: [], False: []}
     for i in range(5, ids.shape[1]):
         for use in (True, False):
-            c = m.init_cache(batch_size=ids.shape[0], max_len=ids.shape[1])
-            c.k.copy_(cache.k), c.v.copy_(cache.v)
-            c.length, c.pad = cache.length, cache.pad
             m.fused_decode = fused if use else None
-            logits, c = m(ids[:, i : i + 1], cache=c)
-            out[use].append((logits, c.k[:, :, :, i].clone()))
-        cache = c  # continue from the blocks' cache
+            logits, c = m(ids[:, i : i + 1], cache=copy.deepcopy(cache))
+            out[use].append(logits)
+        cache = c  # go on from the modules' cache
     m.fused_decode = fused
     return out[True], out[False]
+
+
+def _check_close(got, want):
+    scale = max(w.abs().max().item() for w in want)
+    diffs = sorted((g - w).abs().max().item() for g, w in zip(got, want, strict=True))
+    # The same int8 products; norms and softmax sum in another order, which now and then
+    # moves an activation across a rounding step of its int8 quantization: rare, small steps.
+    assert diffs[len(diffs) // 2] < 1e-5 * scale, diffs
+    assert diffs[-1] < 0.05 * scale, diffs
+    same = sum(torch.equal(g.argmax(-1), w.argmax(-1)) for g, w in zip(got, want, strict=True))
+    assert same >= len(got) - 1
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt"])
@@ -97,17 +108,25 @@ def test_fused_layers_compute_what_the_blocks_compute(family, quantize, padded):
     m = _model(family, quantize)
     assert isinstance(m.fused_decode, kernels.DecodeLayers)
     ids = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(1))
-    pad = torch.tensor([0, 2, 4]) if padded else None
+    cache = m.init_cache(batch_size=3, max_len=24)
+    if padded:
+        cache.set_left_padding(torch.tensor([0, 2, 4]))
     with torch.inference_mode():
-        got, want = _steps(m, ids, pad)
-    scale = max(w[0].abs().max().item() for w in want)
-    diffs = sorted(max((g[i] - w[i]).abs().max().item() for i in (0, 1)) for g, w in zip(got, want, strict=True))
-    # The same int8 products; norms and softmax sum in another order, which now and then
-    # moves an activation across a rounding step of its int8 quantization: rare, small steps.
-    assert diffs[len(diffs) // 2] < 1e-5 * scale, diffs
-    assert diffs[-1] < 0.05 * scale, diffs
-    same = sum(torch.equal(g[0].argmax(-1), w[0].argmax(-1)) for g, w in zip(got, want, strict=True))
-    assert same >= len(got) - 1
+        _check_close(*_steps(m, ids, cache))
+
+
+# Marian's shape (post-norm, swish) and the others: pre-norm, relu, erf GELU
+@pytest.mark.parametrize("pre_norm,activation", [(False, "swish"), (True, "relu"), (True, "gelu")])
+@pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
+def test_fused_encoder_decoder_layers_compute_what_the_layers_compute(pre_norm, activation, quantize):
+    m = _model("seq2seq", quantize, pre_norm=pre_norm, activation=activation)
+    assert isinstance(m.fused_decode, kernels.DecodeLayers)
+    g = torch.Generator().manual_seed(2)
+    src, ids = torch.randint(0, 97, (3, 11), generator=g), torch.randint(0, 97, (3, 20), generator=g)
+    src_mask = torch.arange(11)[None, :] < torch.tensor([11, 6, 3])[:, None]  # padded sources
+    with torch.inference_mode():
+        cache = m.init_cache(batch_size=3, max_len=20, memory=m.encode(src, src_mask))
+        _check_close(*_steps(m, ids, cache))
 
 
 def test_fused_layers_replace_the_blocks_only_where_they_apply(monkeypatch):

@@ -38,9 +38,14 @@ def capture_attention() -> Iterator[list[torch.Tensor]]:
         _captured.remove(weights)
 
 
-def capturing() -> bool:
-    """Whether a `capture_attention()` is open (so attention must run where it records)."""
-    return bool(_captured)
+def one_call_step(x: torch.Tensor, cache: KVCache | None) -> bool:
+    """Whether this decoding step may run every layer in one native call (a model's
+    `fused_decode`, models/kernels DecodeLayers): x (B, 1, d), one token per row, fp32 on CPU
+    into a contiguous fp32 KVCache, no autograd recording, no `capture_attention()` open
+    (attention maps need the modules)."""
+    return (cache is not None and x.shape[1] == 1 and not _captured and x.dtype == torch.float32
+            and x.device.type == "cpu" and cache.k.dtype == torch.float32 and cache.k.is_contiguous()
+            and not (x.requires_grad and torch.is_grad_enabled()))
 
 
 def _record(q: torch.Tensor, k: torch.Tensor, past: int) -> None:

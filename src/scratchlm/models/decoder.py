@@ -93,12 +93,10 @@ class DecoderLM(nn.Module):
 
     def _decode_fused(self, x: torch.Tensor, cache: KVCache | None, start: int,
                       rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
-        """Run every layer on x (B, 1, C) in place through `fused_decode` where it applies (one
-        token per row into an fp32 KV cache on CPU, no autograd, no attention capture); False
-        where the blocks must run. `rotary`: RoPE's rows at the new positions."""
-        if (self.fused_decode is None or cache is None or x.shape[1] != 1 or attention.capturing()
-                or x.dtype != torch.float32 or cache.k.dtype != torch.float32 or x.device.type != "cpu"
-                or (x.requires_grad and torch.is_grad_enabled()) or not cache.k.is_contiguous()):
+        """Run every layer on x (B, 1, C) in place through `fused_decode` where it applies
+        (`attention.one_call_step`); False where the blocks must run. `rotary`: RoPE's rows at
+        the new positions."""
+        if not attention.one_call_step(x, cache):
             return False
         self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.buffers(), start, rotary=rotary, pad=cache.pad)
         return True

@@ -111,8 +111,8 @@ class Block(nn.Module):
 
     def layer_spec(self) -> kernels.LayerSpec:
         a, m = self.attn, self.mlp
-        return kernels.LayerSpec(norm="layer", eps=self.ln_1.eps, norm1=(self.ln_1.weight, self.ln_1.bias),
-                                 norm2=(self.ln_2.weight, self.ln_2.bias), qkv=a.c_attn, o=a.c_proj, up=m.c_fc,
+        return kernels.LayerSpec(norm="layer", eps=self.ln_1.eps, attn_norm=(self.ln_1.weight, self.ln_1.bias),
+                                 mlp_norm=(self.ln_2.weight, self.ln_2.bias), qkv=a.c_attn, o=a.c_proj, up=m.c_fc,
                                  down=m.c_proj, mlp="gelu_tanh", n_head=a.n_head, n_kv=a.n_head, head_dim=a.head_dim)
 
 

@@ -164,7 +164,7 @@ class Block(nn.Module):
 
     def layer_spec(self) -> kernels.LayerSpec:
         a, m, n1, n2 = self.self_attn, self.mlp, self.input_layernorm, self.post_attention_layernorm
-        return kernels.LayerSpec(norm="rms", eps=n1.eps, norm1=(n1.weight, None), norm2=(n2.weight, None),
+        return kernels.LayerSpec(norm="rms", eps=n1.eps, attn_norm=(n1.weight, None), mlp_norm=(n2.weight, None),
                                  qkv=a.qkv_proj, o=a.o_proj, up=m.gate_up_proj, down=m.down_proj, mlp="swiglu",
                                  n_head=a.n_head, n_kv=a.n_kv, head_dim=a.head_dim)
 

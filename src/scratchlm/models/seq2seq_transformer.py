@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.models.attention import causal_attention, padded_attention
+from scratchlm.models import kernels
+from scratchlm.models.attention import causal_attention, one_call_step, padded_attention
 from scratchlm.models.cache import EncoderDecoderCache, EncoderOutput, KVCache
 from scratchlm.models.config import check_sizes, encoder_decoder_tied_weights
 from scratchlm.models.layers import output_logits
@@ -164,6 +165,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff or 4 * cfg.d_model)
         self.fc2 = nn.Linear(cfg.d_ff or 4 * cfg.d_model, cfg.d_model)
+        self.activation = cfg.activation
         self.act = ACTIVATIONS[cfg.activation]
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -220,8 +222,21 @@ class DecoderLayer(nn.Module):
         return self.sub_ffn(x, self.ffn)
 
 
+    def layer_spec(self) -> kernels.LayerSpec:
+        sa, ca, n1, n2, n3 = self.self_attn, self.cross_attn, self.sub_self.norm, self.sub_cross.norm, self.sub_ffn.norm
+        return kernels.LayerSpec(
+            norm="layer", eps=n1.eps, attn_norm=(n1.weight, n1.bias), cross_norm=(n2.weight, n2.bias),
+            mlp_norm=(n3.weight, n3.bias), qkv=(sa.q_proj, sa.k_proj, sa.v_proj), o=sa.out_proj,
+            cross=(ca.q_proj, ca.out_proj), up=self.ffn.fc1, down=self.ffn.fc2,
+            mlp={"swish": "silu"}.get(self.ffn.activation, self.ffn.activation), n_head=sa.n_head,
+            n_kv=sa.n_head, head_dim=sa.head_dim, post_norm=not self.sub_self.pre_norm)
+
+
 class Seq2SeqTransformer(nn.Module):
     is_encoder_decoder = True
+    # Every decoder layer in one native call while decoding one token per row (models/kernels'
+    # DecodeLayers, from `layer_specs()`); set by models/quant.py for int8.
+    fused_decode: kernels.DecodeLayers | None = None
 
     def __init__(self, config: Seq2SeqTransformerConfig) -> None:
         super().__init__()
@@ -264,6 +279,9 @@ class Seq2SeqTransformer(nn.Module):
     @property
     def max_context(self) -> int | None:
         return self.config.block_size
+
+    def layer_specs(self) -> list[kernels.LayerSpec]:
+        return [layer.layer_spec() for layer in self.decoder]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
@@ -336,6 +354,10 @@ class Seq2SeqTransformer(nn.Module):
         if cache is not None:
             cache.check_room(tgt_ids.shape[1])
         x = self._embed(tgt_ids, start, self.tgt_embed, "tgt_pos")  # (B, T, d)
+        if self.fused_decode is not None and cache is not None and one_call_step(x, cache.self_kv):
+            self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.self_kv.buffers(), start,
+                              cross=(cache.cross_k, cache.cross_v, cache.mask))
+            return self.dec_norm(x)
         mask = memory.mask if cache is None else cache.mask
         for i, layer in enumerate(self.decoder):
             if cache is None:

@@ -216,20 +216,26 @@ def attend_one(
 
 @dataclass
 class LayerSpec:
-    """What `DecodeLayers` needs of one pre-norm decoder layer, as its family states it:
+    """What `DecodeLayers` needs of one decoder layer, as its family states it: sublayers
+    around the residual stream x, each `x += f(norm(x))` (pre-norm) or `x = norm(x + f(x))`
+    (`post_norm`), in this order:
 
-        h = x + o(attention(qkv(norm1(x))));  x' = h + down(act(up(norm2(h))))
+        self-attention   qkv, o: `qkv` one layer yielding [q; k; v] (n_head, n_kv, n_kv heads
+                         of head_dim) or three; RoPE where the caller passes its rows
+        cross-attention  cross = (query, output) projections, over the source's keys and
+                         values (encoder-decoders only)
+        MLP              down(act(up(x))); `mlp`: "swiglu" (`up` is the fused [gate; up]:
+                         silu(gate) * up), "gelu_tanh", "gelu" (erf), "relu" or "silu"
 
-    `norm`: "rms" (weights only) or "layer" (weights and biases); `mlp`: "swiglu" (`up` is
-    the fused [gate; up] layer: silu(gate) * up) or "gelu_tanh"; `qkv` yields [q; k; v] with
-    n_head and n_kv heads of head_dim. The linear layers are modules: only int8 ones backed by
-    a `PackedInt8` can run here (`DecodeLayers.build` says None otherwise)."""
+    `norm`: "rms" (weights only) or "layer" (weights and biases); each `*_norm` is (weight,
+    bias or None). The linear layers are modules: only int8 ones backed by a `PackedInt8` run
+    here (`DecodeLayers.build` says None otherwise)."""
 
     norm: str
     eps: float
-    norm1: tuple[torch.Tensor, torch.Tensor | None]
-    norm2: tuple[torch.Tensor, torch.Tensor | None]
-    qkv: torch.nn.Module | None
+    attn_norm: tuple[torch.Tensor, torch.Tensor | None]
+    mlp_norm: tuple[torch.Tensor, torch.Tensor | None]
+    qkv: torch.nn.Module | tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module] | None
     o: torch.nn.Module
     up: torch.nn.Module | None
     down: torch.nn.Module
@@ -237,6 +243,17 @@ class LayerSpec:
     n_head: int
     n_kv: int
     head_dim: int
+    cross: tuple[torch.nn.Module, torch.nn.Module] | None = None
+    cross_norm: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    post_norm: bool = False
+
+    def linears(self) -> list:
+        qkv = self.qkv if isinstance(self.qkv, tuple) else (self.qkv,)
+        return [*qkv, self.o, *(self.cross or ()), self.up, self.down]
+
+
+NORMS = ("rms", "layer")
+ACTIVATIONS = ("swiglu", "gelu_tanh", "gelu", "relu", "silu")  # decode.c's enum, in order
 
 
 class _Linear(ctypes.Structure):  # decode.c's linear_t
@@ -244,10 +261,21 @@ class _Linear(ctypes.Structure):  # decode.c's linear_t
                 ("rowsum", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
 
 
+_NORM_FIELDS = ("attn_norm_w", "attn_norm_b", "cross_norm_w", "cross_norm_b", "mlp_norm_w", "mlp_norm_b")
+
+
 class _Layer(ctypes.Structure):  # decode.c's layer_t
-    _fields_ = [*((f, ctypes.c_int64) for f in ("d", "nh", "nkv", "hd", "ff", "norm", "mlp")), ("eps", ctypes.c_double),
-                *((f, ctypes.c_void_p) for f in ("norm1_w", "norm1_b", "norm2_w", "norm2_b")),
-                *((f, _Linear) for f in ("qkv", "o", "up", "down"))]
+    _fields_ = [*((f, ctypes.c_int64) for f in ("d", "nh", "nkv", "hd", "ff", "norm", "mlp", "post_norm")),
+                ("eps", ctypes.c_double), *((f, ctypes.c_void_p) for f in _NORM_FIELDS),
+                *((f, _Linear) for f in ("q", "k", "v", "o", "cq", "co", "up", "down"))]
+
+
+def _linear(module: torch.nn.Module | None) -> _Linear:
+    if module is None:
+        return _Linear()
+    p = module._packed
+    return _Linear(_LAYOUT[p.kind], p.k, p.n, p.weight.data_ptr(),
+                   *(None if t is None else t.data_ptr() for t in (p.rowsum, p.scale, p.bias)))
 
 
 class DecodeLayers:
@@ -260,44 +288,49 @@ class DecodeLayers:
         self.layers = (_Layer * len(specs))()
         self._keep = []  # fp32 copies of norm weights, kept alive for the pointers
         for spec, layer in zip(specs, self.layers, strict=True):
-            up = spec.up._packed
             layer.d, layer.nh, layer.nkv, layer.hd = spec.o._packed.n, spec.n_head, spec.n_kv, spec.head_dim
-            layer.ff = up.n // 2 if spec.mlp == "swiglu" else up.n
-            layer.norm, layer.mlp, layer.eps = ("rms", "layer").index(spec.norm), ("swiglu", "gelu_tanh").index(spec.mlp), spec.eps
-            for name, t in zip(("norm1_w", "norm1_b", "norm2_w", "norm2_b"), (*spec.norm1, *spec.norm2), strict=True):
+            layer.ff = spec.up._packed.n // 2 if spec.mlp == "swiglu" else spec.up._packed.n
+            layer.norm, layer.mlp = NORMS.index(spec.norm), ACTIVATIONS.index(spec.mlp)
+            layer.post_norm, layer.eps = spec.post_norm, spec.eps
+            norms = (*spec.attn_norm, *(spec.cross_norm or (None, None)), *spec.mlp_norm)
+            for name, t in zip(_NORM_FIELDS, norms, strict=True):
                 if t is not None:
                     t = t.detach().float().contiguous()
                     self._keep.append(t)
                 setattr(layer, name, None if t is None else t.data_ptr())
-            for name in ("qkv", "o", "up", "down"):
-                p = getattr(spec, name)._packed
-                setattr(layer, name, _Linear(_LAYOUT[p.kind], p.k, p.n, p.weight.data_ptr(),
-                                             *(None if t is None else t.data_ptr() for t in (p.rowsum, p.scale, p.bias))))
+            q, k, v = spec.qkv if isinstance(spec.qkv, tuple) else (spec.qkv, None, None)
+            cq, co = spec.cross or (None, None)
+            for name, module in zip(("q", "k", "v", "o", "cq", "co", "up", "down"),
+                                    (q, k, v, spec.o, cq, co, spec.up, spec.down), strict=True):
+                setattr(layer, name, _linear(module))
 
     @classmethod
     def build(cls, specs: list[LayerSpec]) -> DecodeLayers | None:
         """The layers in one call, or None where some layer cannot run here: a linear layer
-        without scratchlm's int8 kernels (fp32, bf16, LoRA, torch's int8), q/k/v or gate/up not
-        fused, a head larger than MAX_HEAD_DIM, or widths that differ between layers."""
+        without scratchlm's int8 kernels (fp32, bf16, LoRA, torch's int8), gate/up not fused,
+        a head larger than MAX_HEAD_DIM, or shapes that differ between layers."""
         if not specs or library() is None:
             return None
         for s in specs:
-            mods = (s.qkv, s.o, s.up, s.down)
-            if not all(isinstance(getattr(m, "_packed", None), PackedInt8) for m in mods):
+            if not all(isinstance(getattr(m, "_packed", None), PackedInt8) for m in s.linears()):
                 return None
-            if s.head_dim > MAX_HEAD_DIM or s.n_head % s.n_kv or s.norm not in ("rms", "layer"):
+            if s.head_dim > MAX_HEAD_DIM or s.n_head % s.n_kv or s.norm not in NORMS or s.mlp not in ACTIVATIONS:
                 return None
-            if s.qkv._packed.n != (s.n_head + 2 * s.n_kv) * s.head_dim or s.mlp not in ("swiglu", "gelu_tanh"):
+            qkv = [m._packed.n for m in (s.qkv if isinstance(s.qkv, tuple) else (s.qkv,))]
+            if sum(qkv) != (s.n_head + 2 * s.n_kv) * s.head_dim or (s.cross is not None and s.cross_norm is None):
                 return None
-        if len({(s.o._packed.n, s.qkv._packed.n, s.up._packed.n, s.n_head, s.n_kv, s.head_dim) for s in specs}) != 1:
-            return None
-        return cls(specs)
+        shapes = {(s.o._packed.n, tuple(m._packed.n for m in s.linears()), s.n_head, s.n_kv, s.head_dim,
+                   s.cross is None) for s in specs}
+        return cls(specs) if len(shapes) == 1 else None
 
     def __call__(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, past: int, *,
-                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pad: torch.Tensor | None = None) -> None:
+                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pad: torch.Tensor | None = None,
+                 cross: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         """x (B, d) fp32 contiguous, updated in place through every layer; the KV cache's
         (n_layer, B, n_kv, max_len, hd) contiguous keys and values, `past` positions filled
-        (position `past` is written); `rotary`, `pad` as `attend_one`'s."""
+        (position `past` is written); `rotary`, `pad` as `attend_one`'s; `cross`: the
+        source's keys and values (n_layer, B, n_head, S, hd) and its mask (B, S) bool,
+        contiguous (encoder-decoders)."""
         cos = sin = rope_sb = 0
         if rotary is not None:
             c, s = rotary
@@ -305,8 +338,14 @@ class DecodeLayers:
                 c, s = c.contiguous(), s.contiguous()
             cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), c.shape[-1] if c.numel() > c.shape[-1] else 0
         cs = k_cache.stride()
+        xk = xv = mask = src = 0
+        xs = (0, 0, 0)
+        if cross is not None:
+            ck, cv, m = (t if t.is_contiguous() else t.contiguous() for t in cross)
+            xk, xv, mask, xs, src = ck.data_ptr(), cv.data_ptr(), m.data_ptr(), ck.stride(), ck.shape[3]
         args = array.array("q", (x.data_ptr(), x.shape[0], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], cs[2],
-                                 past, cos, sin, rope_sb, 0 if pad is None else pad.data_ptr()))
+                                 past, cos, sin, rope_sb, 0 if pad is None else pad.data_ptr(),
+                                 xk, xv, xs[0], xs[1], xs[2], src, mask))
         if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
             with torch.profiler.record_function("scratchlm::decode_layers"):
                 library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
