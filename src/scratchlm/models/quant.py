@@ -22,7 +22,12 @@ and attention stay fp32. Which kernel an `Int8Linear` runs (`int8_kernel`):
   `int8-dynamic` is fbgemm's W8A8 in every layer, the output layer included, as
   CTranslate2's int8.
 
-Whole-model decoding against CTranslate2 and llama.cpp is in docs/benchmarks.md, "Precision".
+Decoding one token per row, an int8 model whose family has `layer_specs()` (gpt, llama,
+seq2seq_transformer) runs every layer in one native call (`kernels.DecodeLayers`, set as
+`model.fused_decode` here): the int8 matmuls above with the norms, RoPE, attention and
+activations between them in C, as CTranslate2 and llama.cpp run a layer, instead of ~190
+PyTorch ops a layer. Whole-model decoding against CTranslate2 and llama.cpp is in
+docs/benchmarks.md, "Precision".
 
     precision = choose_precision(dtype="auto", quantize="int8", device="cpu")
     model = apply_precision(model, precision)   # in place; also returned
