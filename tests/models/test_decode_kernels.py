@@ -153,3 +153,13 @@ def test_no_fused_layers_without_int8_kernels():
     m = Llama(LlamaConfig(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, d_model=64, block_size=64))
     assert m.fused_decode is None  # fp32
     assert kernels.DecodeLayers.build(m.layer_specs()) is None  # nn.Linear layers, unfused q/k/v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_rows_is_index_select_over_the_filled_positions(dtype):
+    src = torch.randn(3, 5, 4, 12, 8).to(dtype)  # (n_layer, B, H, max_len, hd)
+    index = torch.tensor([4, 4, 0, 2, 1, 3, 3])  # repeats, a new batch size
+    dst = torch.zeros(3, 7, 4, 12, 8, dtype=dtype)
+    kernels.gather_rows(src, dst, index, 9)
+    assert torch.equal(dst[:, :, :, :9], src.index_select(1, index)[:, :, :, :9])
+    assert not dst[:, :, :, 9:].any()  # past `end`: untouched

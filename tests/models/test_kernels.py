@@ -29,7 +29,7 @@ def _int8(n, k, seed=0):
 def test_w8a8_is_row_quantized_activations_times_int8_weights(n, k, bias):
     q, scale, b = _int8(n, k)
     packed = kernels.PackedInt8(q, scale, b if bias else None, kind="w8a8")
-    for m in (1, 2, 6, 7, 13):  # every tile height, and several passes
+    for m in (1, 2, 6, 7, 13, 16, 40, 45):  # every tile height, several passes, AMX tiles from 16
         x = torch.randn(m, k) * torch.linspace(0.1, 3, k)  # uneven channels
         sx = x.abs().amax(1, keepdim=True) / 127
         xq = torch.round(x * (1 / sx))  # the kernel multiplies by the inverse scale

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.models import kernels
 
 
 @runtime_checkable
@@ -203,11 +204,23 @@ class KVCache:
         else:
             new_k = torch.empty(shape, device=self.k.device, dtype=self.k.dtype)
             new_v = torch.empty(shape, device=self.v.device, dtype=self.v.dtype)
-        torch.index_select(self.k[:, :, :, :end], 1, index, out=new_k[:, :, :, :end])
-        torch.index_select(self.v[:, :, :, :end], 1, index, out=new_v[:, :, :, :end])
+        if self._gather_natively(index, new_k):  # one memcpy per layer, row and head (models/kernels)
+            kernels.gather_rows(self.k, new_k, index, end)
+            kernels.gather_rows(self.v, new_v, index, end)
+        else:
+            torch.index_select(self.k[:, :, :, :end], 1, index, out=new_k[:, :, :, :end])
+            torch.index_select(self.v[:, :, :, :end], 1, index, out=new_v[:, :, :, :end])
         self._spare = (self.k, self.v) if self.k.shape == shape else None
         self.k, self.v = new_k, new_v
         return self
+
+
+    def _gather_natively(self, index: torch.Tensor, new: torch.Tensor) -> bool:
+        """Whether `reorder` may copy through kernels.gather_rows: CPU, contiguous buffers, the
+        kernels built here, and every index in range (it does not check them)."""
+        return (self.k.device.type == "cpu" and self.k.is_contiguous() and self.v.is_contiguous()
+                and new.is_contiguous() and kernels.library() is not None
+                and (len(index) == 0 or (int(index.min()) >= 0 and int(index.max()) < self.batch_size)))
 
 
 class SourceRows:

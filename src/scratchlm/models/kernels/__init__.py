@@ -37,7 +37,7 @@ FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mav
 KINDS = ("w8a8", "w8a8g", "w8a32")
 GROUP = 32  # w8a8g: weights and activations share one scale per this many along K
 _LAYOUT = {"w8a32": 0, "w8a8": 1, "w8a8g": 2}  # packed_bytes() kind codes
-_why = {"not": ""}  # why library() is None, set by it
+_state = {"not": "", "amx": False}  # why library() is None; whether w8a8 uses AMX tiles: set by it
 
 
 def cache_dir() -> Path:
@@ -89,9 +89,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.matmul_w8a32.argtypes = [p, i, i, p, p, p, i, p]
     lib.packed_bytes.argtypes = [ctypes.c_int, i, i]
     lib.packed_bytes.restype = i
+    lib.amx_init.argtypes = []
+    lib.amx_init.restype = ctypes.c_int
     lib.attend_one.argtypes = [p]
+    lib.gather_rows.argtypes = [p]
     lib.decode_layers.argtypes = [p, i, p]
-    for f in (lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
+    for f in (lib.gather_rows, lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
               lib.matmul_w8a8g):
         f.restype = None
     return lib
@@ -101,23 +104,33 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, built on first use; None where they cannot run here (`why_not()`)."""
     caps = capabilities()
-    _why["not"] = ""
+    _state["not"] = ""
     if os.environ.get("SCRATCHLM_KERNELS", "1") == "0":
-        _why["not"] = "SCRATCHLM_KERNELS=0"
+        _state["not"] = "SCRATCHLM_KERNELS=0"
     elif not (caps.avx512_vnni and caps.avx512f):
-        _why["not"] = "the CPU has no AVX-512 VNNI"
+        _state["not"] = "the CPU has no AVX-512 VNNI"
     else:
         try:
-            return _declare(ctypes.CDLL(str(build())))
+            lib = _declare(ctypes.CDLL(str(build())))
+            # AMX-INT8 tiles for w8a8 at many rows, where the CPU has them and Linux grants them
+            _state["amx"] = bool(caps.amx_int8 and os.environ.get("SCRATCHLM_AMX", "1") != "0" and lib.amx_init())
+            return lib
         except (OSError, subprocess.SubprocessError) as e:
-            _why["not"] = str(e).splitlines()[0]
+            _state["not"] = str(e).splitlines()[0]
     return None
+
+
+def amx() -> bool:
+    """Whether w8a8 runs on AMX-INT8 tiles at many rows here (`amx_init` in int8_matmul.c;
+    `SCRATCHLM_AMX=0` keeps it on AVX-512 VNNI)."""
+    library()
+    return _state["amx"]
 
 
 def why_not() -> str:
     """Why `library()` is None ('' when it is loaded)."""
     library()
-    return _why["not"]
+    return _state["not"]
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -351,3 +364,12 @@ class DecodeLayers:
                 library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
         else:
             library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
+
+
+def gather_rows(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, end: int) -> None:
+    """dst[:, i, :, :end] = src[:, index[i], :, :end] for contiguous (n_layer, B, H, max_len, hd)
+    caches of one dtype (decode.c's `gather_rows`: one memcpy per layer, row and head)."""
+    index = index.to(torch.int64).contiguous()
+    args = array.array("q", (src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], dst.shape[1], src.shape[2],
+                             src.shape[3], src.shape[4], end, index.data_ptr(), src.element_size()))
+    library().gather_rows(args.buffer_info()[0])

@@ -315,3 +315,25 @@ void decode_layers(const layer_t *layers, int64_t n_layer, const int64_t *a) {
     free(up);
     free(act);
 }
+
+/* ---- beam search's cache reorder ---- */
+
+/* dst[l, i] = src[l, index[i]] over the first `end` positions of every head, for caches
+ * (n_layer, B, H, max_len, hd) of `elem`-byte values (fp32 4, bf16 2), dst with n_rows rows.
+ * Each (layer, row, head) copies end x hd contiguous values (one memcpy), where torch's
+ * index_select over the sliced positions goes element by element. Arguments in one array:
+ *   src dst n_layer src_rows n_rows H max_len hd end index elem */
+void gather_rows(const int64_t *a) {
+    const char *src = (const char *)a[0];
+    char *dst = (char *)a[1];
+    int64_t n_layer = a[2], src_rows = a[3], n_rows = a[4], h = a[5], max_len = a[6], hd = a[7], end = a[8];
+    const int64_t *index = (const int64_t *)a[9];
+    int64_t elem = a[10], head = max_len * hd * elem, chunk = end * hd * elem;
+#pragma omp parallel for collapse(2) schedule(static) if (n_layer * n_rows * h * chunk > (1 << 20))
+    for (int64_t l = 0; l < n_layer; l++)
+        for (int64_t i = 0; i < n_rows; i++) {
+            const char *s = src + ((l * src_rows + index[i]) * h) * head;
+            char *d = dst + ((l * n_rows + i) * h) * head;
+            for (int64_t g = 0; g < h; g++) memcpy(d + g * head, s + g * head, (size_t)chunk);
+        }
+}

@@ -25,7 +25,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#define KP8(k) (((k) + 63) / 64 * 64) /* w8a8's k padding: an AMX tile's depth */
+#define AMX_ROWS 16 /* w8a8 on AMX tiles from this many rows (where granted) */
 #define NB 4        /* 16-row weight blocks per pass: 4 memory streams */
 #define MB 6        /* activation rows per pass: NB x MB = 24 of the 32 zmm registers accumulate */
 #define PREFETCH 512 /* bytes ahead in each stream */
@@ -34,7 +38,7 @@
 /* ---- w8a8 (vpdpbusd) ---- */
 
 void pack_w8a8(const int8_t *w, int64_t n, int64_t k, int8_t *out, int32_t *rowsum) {
-    int64_t kp = (k + 3) / 4 * 4, nb = (n + 16 * NB - 1) / (16 * NB) * NB;
+    int64_t kp = KP8(k), nb = (n + 16 * NB - 1) / (16 * NB) * NB;
     memset(out, 0, (size_t)(nb * 16 * kp));
     for (int64_t r = 0; r < n; r++) {
         int32_t s = 0;
@@ -94,6 +98,103 @@ static inline __attribute__((always_inline)) void dot_steps(
     }
 }
 
+/* ---- w8a8 on AMX-INT8 tiles (Sapphire Rapids and later), for many rows ----
+ *
+ * At tens of rows (beam search: 8 sources x 5 beams) the products are compute-bound, and an
+ * AMX tile multiply (tdpbusd: a 16 x 64 u8 tile times a 64 x 16 s8 tile into 16 x 16 int32)
+ * does 16 vpdpbusd's work in one instruction. The w8a8 layout is already AMX's B-tile layout:
+ * a 16-row weight block's 16 consecutive 4-k steps are 16 rows of 64 bytes, so k is padded to
+ * 64 (KP8) and a block's k-chunk loads as one tile. Tiles: C 0-3 (2 x 2 of 16 rows x 16
+ * outputs), A 4-5 (activations), B 6-7 (weights). Rows are padded to 16 (their products are
+ * dropped). Linux grants a process the tile state on request (arch_prctl, `amx_init`). */
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int amx_ok = 0;
+
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11  /* compilers that know AMX */
+#define HAVE_AMX 1
+#endif
+
+/* Ask the kernel for the AMX tile state; 1 if granted (then w8a8 uses tiles from AMX_ROWS).
+ * Call only on a CPU with AMX-INT8. */
+int amx_init(void) {
+#ifdef HAVE_AMX
+    amx_ok = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#endif
+    return amx_ok;
+}
+
+#ifdef HAVE_AMX
+
+typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } tilecfg_t;
+
+__attribute__((target("amx-tile,amx-int8")))
+static void matmul_w8a8_amx(const float *x, int64_t m, int64_t k, int64_t kp, const int8_t *wp,
+                            const int32_t *rowsum, const float *scale, const float *bias, int64_t n,
+                            int64_t blocks, float *y) {
+    int64_t mp = (m + 31) / 32 * 32;
+    uint8_t *q = aligned_alloc(64, (size_t)(mp * kp));
+    float *sx = malloc(sizeof(float) * (size_t)m);
+    quantize_rows(x, m, k, kp, q, sx);
+    memset(q + m * kp, 128, (size_t)((mp - m) * kp));
+#pragma omp parallel
+    {
+        tilecfg_t cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+        _tile_loadconfig(&cfg);  /* per thread */
+        int32_t c[16 * 16] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int64_t jb = 0; jb < blocks; jb += 2) {  /* 2 blocks of 16 outputs */
+            const int8_t *w0 = wp + jb * 16 * kp, *w1 = w0 + 16 * kp;
+            for (int64_t i0 = 0; i0 < m; i0 += 32) {  /* 2 tiles of 16 rows */
+                const uint8_t *a0 = q + i0 * kp, *a1 = a0 + 16 * kp;
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int64_t kc = 0; kc < kp; kc += 64) {
+                    _tile_loadd(4, a0 + kc, kp);
+                    _tile_loadd(5, a1 + kc, kp);
+                    _tile_loadd(6, w0 + kc * 16, 64);
+                    _tile_loadd(7, w1 + kc * 16, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                    _tile_dpbusd(2, 5, 6);
+                    _tile_dpbusd(3, 5, 7);
+                }
+                for (int t = 0; t < 4; t++) {
+                    switch (t) {  /* tile numbers are immediates */
+                        case 0: _tile_stored(0, c, 64); break;
+                        case 1: _tile_stored(1, c, 64); break;
+                        case 2: _tile_stored(2, c, 64); break;
+                        default: _tile_stored(3, c, 64);
+                    }
+                    int64_t o = (jb + (t & 1)) * 16, left = n - o, r0 = i0 + (t >> 1) * 16;
+                    if (left <= 0) continue;
+                    __mmask16 mask = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+                    __m512i comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, rowsum + o), 7);
+                    __m512 ws = _mm512_maskz_loadu_ps(mask, scale + o);
+                    __m512 bs = bias ? _mm512_maskz_loadu_ps(mask, bias + o) : _mm512_setzero_ps();
+                    for (int64_t r = 0; r < 16 && r0 + r < m; r++) {
+                        __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(c + 16 * r), comp));
+                        _mm512_mask_storeu_ps(y + (r0 + r) * n + o, mask,
+                                              _mm512_fmadd_ps(_mm512_mul_ps(v, _mm512_set1_ps(sx[r0 + r])), ws, bs));
+                    }
+                }
+            }
+        }
+        _tile_release();
+    }
+    free(q);
+    free(sx);
+}
+#else
+static void matmul_w8a8_amx(const float *x, int64_t m, int64_t k, int64_t kp, const int8_t *wp,
+                            const int32_t *rowsum, const float *scale, const float *bias, int64_t n,
+                            int64_t blocks, float *y) { abort(); }  /* amx_ok is never set */
+#endif
+
 /* One pass of `mb` activation rows over NB adjacent 16-row weight blocks (NB streams from
  * memory at once, NB x mb independent accumulators). `mb` and NB are compile-time constants
  * at every call (always_inline + the switch below), so the accumulators live in registers. */
@@ -122,7 +223,11 @@ static inline __attribute__((always_inline)) void w8a8_tile(
 /* y (m, n) = dequant(q(x) @ W^T) + bias. bias may be NULL. */
 void matmul_w8a8(const float *x, int64_t m, int64_t k, const int8_t *wp, const int32_t *rowsum,
                  const float *scale, const float *bias, int64_t n, float *y) {
-    int64_t kp = (k + 3) / 4 * 4, groups = (n + 16 * NB - 1) / (16 * NB);
+    int64_t kp = KP8(k), groups = (n + 16 * NB - 1) / (16 * NB);
+    if (amx_ok && m >= AMX_ROWS) {
+        matmul_w8a8_amx(x, m, k, kp, wp, rowsum, scale, bias, n, groups * NB, y);
+        return;
+    }
     uint8_t *q = aligned_alloc(64, (size_t)((m * kp + 63) / 64 * 64));
     float *sx = malloc(sizeof(float) * (size_t)m);
     quantize_rows(x, m, k, kp, q, sx);
@@ -302,10 +407,10 @@ void matmul_w8a32(const float *x, int64_t m, int64_t k, const int8_t *wp, const 
     }
 }
 
-/* Bytes of a packed (n, k) weight: 16-row blocks, NB blocks at a time, k padded to 4 for
+/* Bytes of a packed (n, k) weight: 16-row blocks, NB blocks at a time, k padded to 64 for
  * w8a8 (kind 1), to G for w8a8g (kind 2), not for w8a32 (kind 0). */
 int64_t packed_bytes(int kind, int64_t n, int64_t k) {  /* of the weights; w8a8g's scales: */
-    int64_t kp = kind == 1 ? (k + 3) / 4 * 4 : kind == 2 ? (k + G - 1) / G * G : k;
+    int64_t kp = kind == 1 ? KP8(k) : kind == 2 ? (k + G - 1) / G * G : k;
     return (n + 16 * NB - 1) / (16 * NB) * NB * 16 * kp;
 }
 
