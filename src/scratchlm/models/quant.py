@@ -253,7 +253,8 @@ class Precision:
         kernel = {"weight_only": "int8 weights x bf16 activations (weight-only)",
                   "dynamic": "int8 weights x int8 activations (fbgemm dynamic)",
                   "w8a32": "int8 weights x fp32 activations (weight-only, scratchlm AVX-512 kernel)",
-                  "w8a8": "int8 weights x int8 activations per row (scratchlm VNNI kernel)",
+                  "w8a8": "int8 weights x int8 activations per row (scratchlm VNNI kernel"
+                          + ("; AMX-INT8 tiles from 16 rows)" if kernels.amx() else ")"),
                   "w8a8g": "int8 weights and activations in groups of 32, as llama.cpp's Q8_0 "
                            "(scratchlm VNNI kernel)"}
         head = "; output layer fp16 weights" if capabilities().fast_int8 else "; output layer fp32"
