@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.models import kernels
+from scratchlm.models import attention, kernels
 from scratchlm.models.attention import capture_attention
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.layers import RotaryEmbedding, rotate
@@ -62,6 +62,8 @@ def _model(family, quantize, seed=0, **cfg):
     torch.manual_seed(seed)
     if family == "llama":
         m = Llama(LlamaConfig(vocab_size=97, n_layer=3, n_head=6, n_kv_head=2, d_model=96, block_size=128))
+    elif family == "llama-hd20":  # a head size that is not a multiple of 16
+        m = Llama(LlamaConfig(vocab_size=97, n_layer=2, n_head=6, n_kv_head=3, d_model=120, block_size=128))
     elif family == "gpt":
         m = GPT(GPTConfig(vocab_size=97, n_layer=3, n_head=4, d_model=64, block_size=128))
     else:
@@ -73,9 +75,10 @@ def _model(family, quantize, seed=0, **cfg):
     return apply_precision(m, choose_precision(dtype="float32", quantize=quantize, device="cpu"))
 
 
-def _steps(m, ids, cache):
+def _steps(m, ids, cache, monkeypatch):
     """Each decoding step after a 5-token prompt, run both ways from copies of one cache:
-    lists of the fused and the modules' logits (B, 1, vocab)."""
+    lists of the fused and the modules' logits (B, 1, vocab). The modules run all in PyTorch
+    (no `attend_one`, which shares code with the fused layers)."""
     fused = m.fused_decode
     m.fused_decode = None
     _, cache = m(ids[:, :5], cache=cache)
@@ -83,7 +86,10 @@ def _steps(m, ids, cache):
     for i in range(5, ids.shape[1]):
         for use in (True, False):
             m.fused_decode = fused if use else None
-            logits, c = m(ids[:, i : i + 1], cache=copy.deepcopy(cache))
+            with monkeypatch.context() as mp:
+                if not use:
+                    mp.setattr(attention, "_decode_one", lambda *a: None)
+                logits, c = m(ids[:, i : i + 1], cache=copy.deepcopy(cache))
             out[use].append(logits)
         cache = c  # go on from the modules' cache
     m.fused_decode = fused
@@ -104,21 +110,29 @@ def _check_close(got, want):
 @pytest.mark.parametrize("family", ["llama", "gpt"])
 @pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_fused_layers_compute_what_the_blocks_compute(family, quantize, padded):
+def test_fused_layers_compute_what_the_blocks_compute(family, quantize, padded, monkeypatch):
     m = _model(family, quantize)
     assert isinstance(m.fused_decode, kernels.DecodeLayers)
     ids = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(1))
     cache = m.init_cache(batch_size=3, max_len=24)
-    if padded:
-        cache.set_left_padding(torch.tensor([0, 2, 4]))
+    if padded:  # a strided view, as a caller may pass
+        cache.set_left_padding(torch.tensor([[0, 9], [2, 9], [4, 9]])[:, 0])
     with torch.inference_mode():
-        _check_close(*_steps(m, ids, cache))
+        _check_close(*_steps(m, ids, cache, monkeypatch))
+
+
+def test_fused_layers_at_many_rows_and_an_odd_head_size(monkeypatch):
+    # 17 rows: w8a8 on AMX tiles where the CPU grants them; head size 20
+    m = _model("llama-hd20", "int8-dynamic")
+    ids = torch.randint(0, 97, (17, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        _check_close(*_steps(m, ids, m.init_cache(batch_size=17, max_len=12), monkeypatch))
 
 
 # Marian's shape (post-norm, swish) and the others: pre-norm, relu, erf GELU
 @pytest.mark.parametrize("pre_norm,activation", [(False, "swish"), (True, "relu"), (True, "gelu")])
 @pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
-def test_fused_encoder_decoder_layers_compute_what_the_layers_compute(pre_norm, activation, quantize):
+def test_fused_encoder_decoder_layers_compute_what_the_layers_compute(pre_norm, activation, quantize, monkeypatch):
     m = _model("seq2seq", quantize, pre_norm=pre_norm, activation=activation)
     assert isinstance(m.fused_decode, kernels.DecodeLayers)
     g = torch.Generator().manual_seed(2)
@@ -126,7 +140,7 @@ def test_fused_encoder_decoder_layers_compute_what_the_layers_compute(pre_norm, 
     src_mask = torch.arange(11)[None, :] < torch.tensor([11, 6, 3])[:, None]  # padded sources
     with torch.inference_mode():
         cache = m.init_cache(batch_size=3, max_len=20, memory=m.encode(src, src_mask))
-        _check_close(*_steps(m, ids, cache))
+        _check_close(*_steps(m, ids, cache, monkeypatch))
 
 
 def test_fused_layers_replace_the_blocks_only_where_they_apply(monkeypatch):
@@ -145,7 +159,10 @@ def test_fused_layers_replace_the_blocks_only_where_they_apply(monkeypatch):
             _, cache = m(ids[:, :1], cache=cache)
         assert len(calls) == 6 and len(weights) == 3
         m(ids[:, :1])  # no cache: the blocks
-    assert len(calls) == 9
+        assert len(calls) == 9
+        m.train()  # training mode (dropout): the blocks
+        _, cache = m(ids[:, :1], cache=cache)
+    assert len(calls) == 12
 
 
 def test_no_fused_layers_without_int8_kernels():

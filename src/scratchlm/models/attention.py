@@ -45,6 +45,7 @@ def one_call_step(x: torch.Tensor, cache: KVCache | None) -> bool:
     (attention maps need the modules)."""
     return (cache is not None and x.shape[1] == 1 and not _captured and x.dtype == torch.float32
             and x.device.type == "cpu" and cache.k.dtype == torch.float32 and cache.k.is_contiguous()
+            and cache.v.is_contiguous() and cache.length < cache.max_len
             and not (x.requires_grad and torch.is_grad_enabled()))
 
 
@@ -140,7 +141,7 @@ def _decode_one(
     if rotary is not None and rotary[0].dtype != torch.float32:
         return None
     k_cache, v_cache = cache.buffers()
-    if not k_cache.is_contiguous():
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or cache.length >= cache.max_len:
         return None
     k_cache, v_cache = k_cache[layer], v_cache[layer]
     return kernels.attend_one(q, k, v, k_cache, v_cache, cache.length, rotary=rotary, pad=cache.pad)

@@ -94,7 +94,7 @@ class KVCache:
             raise ScratchLMError("left padding is set before the prompt is fed, on an empty cache")
         if pad.shape != (self.batch_size,):
             raise ScratchLMError(f"pad must be ({self.batch_size},), one count a row; got {tuple(pad.shape)}")
-        self.pad = pad.to(device=self.k.device, dtype=torch.long) if bool(pad.any()) else None
+        self.pad = pad.to(device=self.k.device, dtype=torch.long).contiguous() if bool(pad.any()) else None
         if skip:
             if self.pad is not None and not bool((self.pad == self.pad[0]).all()):
                 raise ValueError("skip needs the same padding in every row")

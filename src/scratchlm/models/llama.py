@@ -209,7 +209,7 @@ class Llama(DecoderLM):
         if cache is not None and cache.pad is not None:
             position_ids = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
-        if not (self.fused_decode and self._decode_fused(x, cache, start, self.model.rotary.rows(start, T, position_ids))):
+        if not (self.fused_decode and T == 1 and self._decode_fused(x, cache, start, self.model.rotary.rows(start, T, position_ids))):
             for i, block in enumerate(self.model.layers):
                 x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
                           position_ids=position_ids, attn_mask=attn_mask)

@@ -354,7 +354,7 @@ class Seq2SeqTransformer(nn.Module):
         if cache is not None:
             cache.check_room(tgt_ids.shape[1])
         x = self._embed(tgt_ids, start, self.tgt_embed, "tgt_pos")  # (B, T, d)
-        if self.fused_decode is not None and cache is not None and one_call_step(x, cache.self_kv):
+        if self.fused_decode is not None and not self.training and cache is not None and one_call_step(x, cache.self_kv):
             self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.self_kv.buffers(), start,
                               cross=(cache.cross_k, cache.cross_v, cache.mask))
             return self.dec_norm(x)

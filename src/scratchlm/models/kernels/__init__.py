@@ -66,8 +66,14 @@ def build(dest_dir: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".scratchlm_kernels-", suffix=".so.tmp")
     os.close(fd)
     try:
-        out = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-lm", "-o", tmp], capture_output=True, text=True,
-                             timeout=300)
+        def compile_with(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run([cc, *FLAGS, *extra, *map(str, SOURCES), "-lm", "-o", tmp], capture_output=True,
+                                  text=True, timeout=300)
+
+        out = compile_with()
+        if out.returncode != 0:  # an assembler without AMX: the rest still builds
+            retry = compile_with("-DSCRATCHLM_NO_AMX")
+            out = retry if retry.returncode == 0 else out
         if out.returncode != 0:
             raise OSError(f"{cc} failed to compile the kernels: {(out.stderr or out.stdout).strip()[-300:]}")
         os.replace(tmp, lib)
@@ -187,6 +193,11 @@ class PackedInt8:
         return y
 
 
+def _int64(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t as a contiguous int64 tensor (the kernels index it as int64_t[]), or None."""
+    return None if t is None else t.to(torch.int64).contiguous()
+
+
 def _aligned_int8(size: int) -> torch.Tensor:
     """A zeroed int8 tensor of `size` bytes whose data starts on a 64-byte boundary."""
     raw = torch.zeros(size + 64, dtype=torch.int8)
@@ -208,6 +219,9 @@ def attend_one(
     of each row (`pad` (B,) int64: left padding) and returns (B, nh, 1, hd), a view of a
     (B, 1, nh, hd) buffer: transposed back, it is the output projection's input without a copy."""
     b, nh, _, hd = q.shape
+    if hd > MAX_HEAD_DIM or past >= k_cache.shape[2]:
+        raise ValueError(f"attend_one takes head_dim <= {MAX_HEAD_DIM} and past < max_len")
+    pad = _int64(pad)
     out = torch.empty(b, 1, nh, hd)
     cos = sin = rope_sb = 0
     if rotary is not None:
@@ -332,6 +346,15 @@ class DecodeLayers:
             qkv = [m._packed.n for m in (s.qkv if isinstance(s.qkv, tuple) else (s.qkv,))]
             if sum(qkv) != (s.n_head + 2 * s.n_kv) * s.head_dim or (s.cross is not None and s.cross_norm is None):
                 return None
+            d, nq, up, down = s.o._packed.n, s.n_head * s.head_dim, s.up._packed, s.down._packed
+            ff = up.n // 2 if s.mlp == "swiglu" else up.n
+            sizes = [s.o._packed.k == nq, up.k == d, down.n == d, down.k == ff,
+                     all(m._packed.k == d for m in (s.qkv if isinstance(s.qkv, tuple) else (s.qkv,)))]
+            if s.cross is not None:
+                sizes += [s.cross[0]._packed.n == nq, s.cross[0]._packed.k == d, s.cross[1]._packed.k == nq,
+                          s.cross[1]._packed.n == d, s.n_kv == s.n_head]
+            if not all(sizes):
+                return None
         shapes = {(s.o._packed.n, tuple(m._packed.n for m in s.linears()), s.n_head, s.n_kv, s.head_dim,
                    s.cross is None) for s in specs}
         return cls(specs) if len(shapes) == 1 else None
@@ -351,10 +374,13 @@ class DecodeLayers:
                 c, s = c.contiguous(), s.contiguous()
             cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), c.shape[-1] if c.numel() > c.shape[-1] else 0
         cs = k_cache.stride()
+        pad = _int64(pad)
         xk = xv = mask = src = 0
         xs = (0, 0, 0)
         if cross is not None:
             ck, cv, m = (t if t.is_contiguous() else t.contiguous() for t in cross)
+            if m.dtype != torch.bool:
+                raise ValueError("the source mask must be bool")
             xk, xv, mask, xs, src = ck.data_ptr(), cv.data_ptr(), m.data_ptr(), ck.stride(), ck.shape[3]
         args = array.array("q", (x.data_ptr(), x.shape[0], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], cs[2],
                                  past, cos, sin, rope_sb, 0 if pad is None else pad.data_ptr(),

@@ -113,7 +113,9 @@ static inline __attribute__((always_inline)) void dot_steps(
 
 static int amx_ok = 0;
 
-#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11  /* compilers that know AMX */
+/* Linux compilers that know AMX; kernels/__init__.py builds again with -DSCRATCHLM_NO_AMX
+ * where the assembler does not */
+#if defined(__linux__) && !defined(SCRATCHLM_NO_AMX) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
 #define HAVE_AMX 1
 #endif
 
@@ -145,6 +147,7 @@ static void matmul_w8a8_amx(const float *x, int64_t m, int64_t k, int64_t kp, co
         memset(&cfg, 0, sizeof cfg);
         cfg.palette = 1;
         for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+        __asm__ volatile("" ::: "memory");  /* the config's stores happen before ldtilecfg reads them */
         _tile_loadconfig(&cfg);  /* per thread */
         int32_t c[16 * 16] __attribute__((aligned(64)));
 #pragma omp for schedule(static)
