@@ -38,15 +38,23 @@ def capture_attention() -> Iterator[list[torch.Tensor]]:
         _captured.remove(weights)
 
 
-def one_call_step(x: torch.Tensor, cache: KVCache | None) -> bool:
-    """Whether this decoding step may run every layer in one native call (a model's
-    `fused_decode`, models/kernels DecodeLayers): x (B, 1, d), one token per row, fp32 on CPU
-    into a contiguous fp32 KVCache, no autograd recording, no `capture_attention()` open
-    (attention maps need the modules)."""
-    return (cache is not None and x.shape[1] == 1 and not _captured and x.dtype == torch.float32
+def _native_ok(x: torch.Tensor, cache: KVCache | None) -> bool:
+    """Whether a native kernel may take this one-token step (models/kernels): fp32 x on CPU
+    into a contiguous fp32 KVCache with room for it, no autograd recording, no
+    `capture_attention()` open (attention maps need the modules), the kernels built here."""
+    return (isinstance(cache, KVCache) and not _captured and x.dtype == torch.float32
             and x.device.type == "cpu" and cache.k.dtype == torch.float32 and cache.k.is_contiguous()
             and cache.v.is_contiguous() and cache.length < cache.max_len
-            and not (x.requires_grad and torch.is_grad_enabled()))
+            and not (torch.is_grad_enabled() and (x.requires_grad or cache.k.requires_grad))
+            and kernels.library() is not None)
+
+
+def one_call_step(model: nn.Module, x: torch.Tensor, cache: KVCache | None) -> bool:
+    """Whether this decoding step may run every layer in one native call (the model's
+    `fused_decode`, models/kernels DecodeLayers): one token per row (x (B, 1, d)), inference
+    mode (no dropout), and what `_native_ok` asks."""
+    return (model.fused_decode is not None and not model.training and x.shape[1] == 1
+            and _native_ok(x, cache))
 
 
 def _record(q: torch.Tensor, k: torch.Tensor, past: int) -> None:
@@ -125,26 +133,18 @@ def _decode_one(
     """One token per row through `kernels.attend_one` (RoPE, cache write and attention in one
     call; ~40 PyTorch ops a layer otherwise), or None where it does not apply: no kernels on
     this CPU, not fp32 on CPU, autograd recording, attention weights being captured, or
-    more than `kernels.MAX_HEAD_DIM` per head. Same results as the path below to ~1e-6
-    (tests/models/test_decode_attention.py)."""
-    if _captured or not isinstance(cache, KVCache) or q.device.type != "cpu":
+    more than `kernels.MAX_HEAD_DIM` per head (`_native_ok`). Same results as the path below
+    to ~1e-6 (tests/models/test_decode_kernels.py)."""
+    if not _native_ok(q, cache) or q.shape[-1] > kernels.MAX_HEAD_DIM:
         return None
-    if not (q.dtype == k.dtype == v.dtype == cache.k.dtype == torch.float32):
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
         return None
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                    or cache.k.requires_grad):
-        return None
-    if q.shape[-1] > kernels.MAX_HEAD_DIM or kernels.library() is None:
+    if not (k.dtype == v.dtype == torch.float32) or (rotary is not None and rotary[0].dtype != torch.float32):
         return None
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if rotary is not None and rotary[0].dtype != torch.float32:
-        return None
     k_cache, v_cache = cache.buffers()
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or cache.length >= cache.max_len:
-        return None
-    k_cache, v_cache = k_cache[layer], v_cache[layer]
-    return kernels.attend_one(q, k, v, k_cache, v_cache, cache.length, rotary=rotary, pad=cache.pad)
+    return kernels.attend_one(q, k, v, k_cache[layer], v_cache[layer], cache.length, rotary=rotary, pad=cache.pad)
 
 
 def padded_attention(

@@ -214,7 +214,6 @@ class KVCache:
         self.k, self.v = new_k, new_v
         return self
 
-
     def _gather_natively(self, index: torch.Tensor, new: torch.Tensor) -> bool:
         """Whether `reorder` may copy through kernels.gather_rows: CPU, contiguous buffers, the
         kernels built here, and every index in range (it does not check them)."""

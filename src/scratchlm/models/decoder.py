@@ -96,7 +96,7 @@ class DecoderLM(nn.Module):
         """Run every layer on x (B, 1, C) in place through `fused_decode` where it applies
         (`attention.one_call_step`); False where the blocks must run. `rotary`: RoPE's rows at
         the new positions."""
-        if self.training or not attention.one_call_step(x, cache):
+        if not attention.one_call_step(self, x, cache):
             return False
         self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.buffers(), start, rotary=rotary, pad=cache.pad)
         return True

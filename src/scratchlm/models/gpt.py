@@ -108,7 +108,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, attn_mask=attn_mask)
         return x + self.mlp(self.ln_2(x))
 
-
     def layer_spec(self) -> kernels.LayerSpec:
         a, m = self.attn, self.mlp
         return kernels.LayerSpec(norm="layer", eps=self.ln_1.eps, attn_norm=(self.ln_1.weight, self.ln_1.bias),
@@ -154,7 +153,7 @@ class GPT(DecoderLM):
             pos = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
-        if not (self.fused_decode and self._decode_fused(x, cache, start)):
+        if not self._decode_fused(x, cache, start):
             for i, block in enumerate(self.transformer.h):
                 x = block(x, cache=cache, layer=i, attn_mask=attn_mask)
         x = self._kept(x, logits_to_keep, logits_mask)  # (B, T or logits_to_keep, C) or (N, C)

@@ -161,7 +161,6 @@ class Block(nn.Module):
         x = x + self.drop(h)
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
-
     def layer_spec(self) -> kernels.LayerSpec:
         a, m, n1, n2 = self.self_attn, self.mlp, self.input_layernorm, self.post_attention_layernorm
         return kernels.LayerSpec(norm="rms", eps=n1.eps, attn_norm=(n1.weight, None), mlp_norm=(n2.weight, None),
@@ -209,7 +208,8 @@ class Llama(DecoderLM):
         if cache is not None and cache.pad is not None:
             position_ids = cache.positions(start, T)  # (B, T): left-padded rows count from their first token
         x = self.drop(self.model.embed_tokens(input_ids))  # (B, T, C)
-        if not (self.fused_decode and T == 1 and self._decode_fused(x, cache, start, self.model.rotary.rows(start, T, position_ids))):
+        fused = T == 1 and self.fused_decode is not None  # RoPE rows only where they are used
+        if not (fused and self._decode_fused(x, cache, start, self.model.rotary.rows(start, T, position_ids))):
             for i, block in enumerate(self.model.layers):
                 x = block(x, rope=self.model.rotary, start=start, cache=cache, layer=i,
                           position_ids=position_ids, attn_mask=attn_mask)

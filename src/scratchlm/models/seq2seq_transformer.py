@@ -221,7 +221,6 @@ class DecoderLayer(nn.Module):
         x = self.sub_cross(x, cross)
         return self.sub_ffn(x, self.ffn)
 
-
     def layer_spec(self) -> kernels.LayerSpec:
         sa, ca, n1, n2, n3 = self.self_attn, self.cross_attn, self.sub_self.norm, self.sub_cross.norm, self.sub_ffn.norm
         return kernels.LayerSpec(
@@ -354,7 +353,7 @@ class Seq2SeqTransformer(nn.Module):
         if cache is not None:
             cache.check_room(tgt_ids.shape[1])
         x = self._embed(tgt_ids, start, self.tgt_embed, "tgt_pos")  # (B, T, d)
-        if self.fused_decode is not None and not self.training and cache is not None and one_call_step(x, cache.self_kv):
+        if cache is not None and one_call_step(self, x, cache.self_kv):
             self.fused_decode(x.view(x.shape[0], x.shape[2]), *cache.self_kv.buffers(), start,
                               cross=(cache.cross_k, cache.cross_v, cache.mask))
             return self.dec_norm(x)

@@ -185,12 +185,26 @@ class PackedInt8:
         x = x.float().contiguous()
         y = torch.empty(x.shape[0], self.n)
         # ctypes takes the addresses as ints; the weight's are fixed at packing (`self._args`)
-        if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
-            with torch.profiler.record_function(f"scratchlm::int8_{self.kind}"):
-                self._run(x.data_ptr(), x.shape[0], *self._args, y.data_ptr())
-        else:
-            self._run(x.data_ptr(), x.shape[0], *self._args, y.data_ptr())
+        _native(f"int8_{self.kind}", self._run, x.data_ptr(), x.shape[0], *self._args, y.data_ptr())
         return y
+
+
+def _native(name: str, fn, *args) -> None:
+    """fn(*args), a kernel call, named scratchlm::`name` in torch.profiler's tables when profiling."""
+    if torch._C._autograd._profiler_enabled():
+        with torch.profiler.record_function(f"scratchlm::{name}"):
+            fn(*args)
+    else:
+        fn(*args)
+
+
+def _rope_rows(rotary: tuple[torch.Tensor, torch.Tensor] | None, hd: int) -> tuple[tuple, int, int, int]:
+    """RoPE's (cos, sin) rows as the kernels take them: (the contiguous tensors, to keep alive
+    over the call), cos and sin addresses (0: no RoPE), row stride (0: one row for all)."""
+    if rotary is None:
+        return (), 0, 0, 0
+    c, s = (t if t.is_contiguous() else t.contiguous() for t in rotary)
+    return (c, s), c.data_ptr(), s.data_ptr(), hd if c.numel() > hd else 0
 
 
 def _int64(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -205,14 +219,14 @@ def _aligned_int8(size: int) -> torch.Tensor:
     return raw[offset:offset + size]
 
 
-MAX_HEAD_DIM = 256  # attend_one's limit (decode_attention.c's MAX_HD)
+MAX_HEAD_DIM = 256  # the attention kernels' limit (decode.c's MAX_HD)
 
 
 def attend_one(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     past: int, *, rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pad: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One new token's attention (decode_attention.c): q (B, nh, 1, hd), k, v (B, n_kv, 1, hd),
+    """One new token's attention (decode.c): q (B, nh, 1, hd), k, v (B, n_kv, 1, hd),
     fp32 with unit stride along hd; k_cache, v_cache one layer's contiguous (B, n_kv, max_len,
     hd) buffers, `past` positions filled. Rotates q and k by `rotary` (cos, sin) rows, (1, hd)
     or (B, 1, 1, hd), writes k and v at position `past`, attends over positions pad[r] .. past
@@ -223,21 +237,12 @@ def attend_one(
         raise ValueError(f"attend_one takes head_dim <= {MAX_HEAD_DIM} and past < max_len")
     pad = _int64(pad)
     out = torch.empty(b, 1, nh, hd)
-    cos = sin = rope_sb = 0
-    if rotary is not None:
-        c, s = rotary
-        if not (c.is_contiguous() and s.is_contiguous()):
-            c, s = c.contiguous(), s.contiguous()
-        cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), hd if c.numel() > hd else 0
+    _keep, cos, sin, rope_sb = _rope_rows(rotary, hd)
     qs, ks, vs, cs = q.stride(), k.stride(), v.stride(), k_cache.stride()
     args = array.array("q", (b, nh, k.shape[1], hd, q.data_ptr(), k.data_ptr(), v.data_ptr(), qs[0], qs[1], ks[0],
                              ks[1], vs[0], vs[1], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], past, cos,
                              sin, rope_sb, 0 if pad is None else pad.data_ptr(), out.data_ptr()))
-    if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
-        with torch.profiler.record_function("scratchlm::attend_one"):
-            library().attend_one(args.buffer_info()[0])
-    else:
-        library().attend_one(args.buffer_info()[0])
+    _native("attend_one", library().attend_one, args.buffer_info()[0])
     return out.transpose(1, 2)
 
 
@@ -367,12 +372,7 @@ class DecodeLayers:
         (position `past` is written); `rotary`, `pad` as `attend_one`'s; `cross`: the
         source's keys and values (n_layer, B, n_head, S, hd) and its mask (B, S) bool,
         contiguous (encoder-decoders)."""
-        cos = sin = rope_sb = 0
-        if rotary is not None:
-            c, s = rotary
-            if not (c.is_contiguous() and s.is_contiguous()):
-                c, s = c.contiguous(), s.contiguous()
-            cos, sin, rope_sb = c.data_ptr(), s.data_ptr(), c.shape[-1] if c.numel() > c.shape[-1] else 0
+        _keep, cos, sin, rope_sb = _rope_rows(rotary, k_cache.shape[-1])
         cs = k_cache.stride()
         pad = _int64(pad)
         xk = xv = mask = src = 0
@@ -385,21 +385,13 @@ class DecodeLayers:
         args = array.array("q", (x.data_ptr(), x.shape[0], k_cache.data_ptr(), v_cache.data_ptr(), cs[0], cs[1], cs[2],
                                  past, cos, sin, rope_sb, 0 if pad is None else pad.data_ptr(),
                                  xk, xv, xs[0], xs[1], xs[2], src, mask))
-        if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
-            with torch.profiler.record_function("scratchlm::decode_layers"):
-                library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
-        else:
-            library().decode_layers(self.layers, len(self.specs), args.buffer_info()[0])
+        _native("decode_layers", library().decode_layers, self.layers, len(self.specs), args.buffer_info()[0])
 
 
 def gather_rows(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, end: int) -> None:
     """dst[:, i, :, :end] = src[:, index[i], :, :end] for contiguous (n_layer, B, H, max_len, hd)
     caches of one dtype (decode.c's `gather_rows`: one memcpy per layer, row and head)."""
-    index = index.to(torch.int64).contiguous()
+    index = _int64(index)
     args = array.array("q", (src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], dst.shape[1], src.shape[2],
                              src.shape[3], src.shape[4], end, index.data_ptr(), src.element_size()))
-    if torch._C._autograd._profiler_enabled():  # name the call in torch.profiler's tables
-        with torch.profiler.record_function("scratchlm::gather_rows"):
-            library().gather_rows(args.buffer_info()[0])
-    else:
-        library().gather_rows(args.buffer_info()[0])
+    _native("gather_rows", library().gather_rows, args.buffer_info()[0])
