@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from scratchlm.models.attention import RNNAttention
+from scratchlm.models.layers import Dropout
 
 if TYPE_CHECKING:
     from scratchlm.models.seq2seq_rnn import Seq2SeqRNN
@@ -76,7 +77,7 @@ class AttentionDecoder(nn.Module):
         self.rnn = nn.GRU(emb_dim + enc_hid_dim, hid_dim, batch_first=True)
         self.combine = nn.Linear(hid_dim + enc_hid_dim, hid_dim, bias=False)
         self.fc_out = nn.Linear(hid_dim, output_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         """The state before the first step, zeros: (1, B, hid_dim), as nn.GRU wants it.
@@ -140,7 +141,7 @@ class Encoder(nn.Module):
         # Dropout between stacked layers only (a 1-layer LSTM has none; torch warns).
         self.rnn = nn.LSTM(emb_dim, hid_dim, n_layers, dropout=dropout if n_layers > 1 else 0.0,
                            batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) -> hidden, cell, each (n_layers, B, hid_dim)."""
@@ -163,7 +164,7 @@ class Decoder(nn.Module):
         self.rnn = nn.LSTM(emb_dim, hid_dim, n_layers, dropout=dropout if n_layers > 1 else 0.0,
                            batch_first=True)
         self.fc_out = nn.Linear(hid_dim, output_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, input: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor

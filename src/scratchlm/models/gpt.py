@@ -25,7 +25,7 @@ from scratchlm.models.attention import causal_attention, sdpa
 from scratchlm.models.cache import KVCache
 from scratchlm.models.config import DecoderConfig
 from scratchlm.models.decoder import DecoderLM
-from scratchlm.models.layers import output_logits
+from scratchlm.models.layers import Dropout, output_logits
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, *, cache: KVCache | None, layer: int,
@@ -86,7 +86,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model, cfg.ffn_dim)
         self.c_proj = nn.Linear(cfg.ffn_dim, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2's "gelu_new" is the tanh approximation of GELU.
@@ -127,7 +127,7 @@ class GPT(DecoderLM):
             {
                 "wte": nn.Embedding(config.vocab_size, config.d_model),
                 "wpe": nn.Embedding(config.block_size, config.d_model),
-                "drop": nn.Dropout(config.dropout),
+                "drop": Dropout(config.dropout),
                 "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 "ln_f": nn.LayerNorm(config.d_model, eps=config.norm_eps),
             }

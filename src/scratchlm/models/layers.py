@@ -8,6 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.models import kernels
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, whose mask on CPUs where scratchlm's kernels run is a hash of a seed from
+    torch's generator (kernels.dropout): ~50x faster than torch's CPU Bernoulli sampling, and
+    the backward pass keeps no mask. Same distribution, different draws; elsewhere (and under
+    torch.compile, which cannot trace a ctypes call) torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and not self.inplace and kernels.dropout_ok(x, self.p)
+                and not torch.compiler.is_compiling()):
+            return kernels.dropout(x, self.p)
+        return super().forward(x)
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), as in Llama: x / rms(x) * weight."""

@@ -29,6 +29,7 @@ from scratchlm.models.config import DecoderConfig
 from scratchlm.models.decoder import DecoderLM
 from scratchlm.models.layers import (
     ROPE_TYPES,
+    Dropout,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
@@ -149,7 +150,7 @@ class Block(nn.Module):
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, bias=cfg.mlp_bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, *, rope: RotaryEmbedding, start: int, cache: KVCache | None,
@@ -190,7 +191,7 @@ class Llama(DecoderLM):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -19,7 +19,7 @@ from torch import nn
 from scratchlm.errors import ScratchLMError
 from scratchlm.models.cache import RNNState
 from scratchlm.models.config import check_rnn
-from scratchlm.models.layers import output_logits
+from scratchlm.models.layers import Dropout, output_logits
 
 
 @dataclass
@@ -59,7 +59,7 @@ class RNNLM(nn.Module):
         self.config = config
         rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.rnn = rnn_cls(config.embed_dim, config.d_model, num_layers=config.n_layer,
                            dropout=config.dropout if config.n_layer > 1 else 0.0, batch_first=True)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)

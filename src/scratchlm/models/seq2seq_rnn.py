@@ -34,7 +34,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.models.attention import RNNAttention
 from scratchlm.models.cache import EncoderOutput, Seq2SeqRNNState
 from scratchlm.models.config import check_rnn, encoder_decoder_tied_weights
-from scratchlm.models.layers import output_logits
+from scratchlm.models.layers import Dropout, output_logits
 
 ATTENTIONS = ("none", *RNNAttention.KINDS)
 
@@ -99,7 +99,7 @@ class Seq2SeqRNN(nn.Module):
         E, H, dirs = c.embed_dim, c.d_model, 2 if c.bidirectional else 1
         self.src_embed = nn.Embedding(c.vocab_size, E)
         self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.vocab_size, E)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         layer_drop = c.dropout if c.n_layer > 1 else 0.0
         self.encoder = rnn_cls(E, H, num_layers=c.n_layer, dropout=layer_drop, batch_first=True,
                                bidirectional=c.bidirectional)

@@ -31,7 +31,7 @@ from scratchlm.models import kernels
 from scratchlm.models.attention import causal_attention, one_call_step, padded_attention
 from scratchlm.models.cache import EncoderDecoderCache, EncoderOutput, KVCache
 from scratchlm.models.config import check_sizes, encoder_decoder_tied_weights
-from scratchlm.models.layers import output_logits
+from scratchlm.models.layers import Dropout, output_logits
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
 
@@ -167,7 +167,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(cfg.d_ff or 4 * cfg.d_model, cfg.d_model)
         self.activation = cfg.activation
         self.act = ACTIVATIONS[cfg.activation]
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.act(self.fc1(x))))
@@ -179,7 +179,7 @@ class Sublayer(nn.Module):
     def __init__(self, cfg: Seq2SeqTransformerConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
     def forward(self, x: torch.Tensor, f) -> torch.Tensor:
@@ -253,7 +253,7 @@ class Seq2SeqTransformer(nn.Module):
             self.register_buffer("sinusoids", table(c.block_size, d), persistent=False)
         if c.final_logits_bias:
             self.register_buffer("final_logits_bias", torch.zeros(1, c.vocab_size))
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.encoder = nn.ModuleList([EncoderLayer(c) for _ in range(c.enc_layers)])
         self.decoder = nn.ModuleList([DecoderLayer(c) for _ in range(c.n_layer)])
         # Pre-norm stacks end with a norm; post-norm layers already end normalized.

@@ -40,6 +40,7 @@ from torch import nn
 from scratchlm.config import LORA_TARGETS_ALL
 from scratchlm.errors import ScratchLMError
 from scratchlm.fileio import atomic_dir, read_json, write_json
+from scratchlm.models.layers import Dropout
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -66,7 +67,7 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft and nn.Linear do
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 
     def delta_weight(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""scratchlm's own CPU kernels for decoding on CPUs with AVX-512 VNNI: int8 matmuls
-(int8_matmul.c), and one token's attention over the KV cache (`attend_one`) or whole decoder
-layers (`DecodeLayers`) in one call (decode.c).
+"""scratchlm's own CPU kernels for CPUs with AVX-512 VNNI: int8 matmuls (int8_matmul.c), one
+token's attention over the KV cache (`attend_one`) or whole decoder layers (`DecodeLayers`) in
+one call (decode.c), and dropout with a hashed mask for training (`dropout`, dropout.c).
 
 Compiled once per machine with the system C compiler (`$CC`, default `cc`; g++/gcc are what
 the Makefile's llama.cpp build needs anyway) into ~/.cache/scratchlm/kernels/, keyed by the
@@ -30,7 +30,7 @@ import torch
 
 from scratchlm.hardware import capabilities
 
-SOURCES = [Path(__file__).with_name(n) for n in ("int8_matmul.c", "decode.c")]
+SOURCES = [Path(__file__).with_name(n) for n in ("int8_matmul.c", "decode.c", "dropout.c")]
 # Named ISA extensions rather than -march=native: the library runs on any CPU with them.
 FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
          "-mavx512dq", "-mavx512vnni", "-mf16c"]
@@ -100,7 +100,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.attend_one.argtypes = [p]
     lib.gather_rows.argtypes = [p]
     lib.decode_layers.argtypes = [p, i, p]
-    for f in (lib.gather_rows, lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
+    lib.dropout.argtypes = [p, p, i, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    for f in (lib.dropout, lib.gather_rows, lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
               lib.matmul_w8a8g):
         f.restype = None
     return lib
@@ -395,3 +396,41 @@ def gather_rows(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, end: 
     args = array.array("q", (src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], dst.shape[1], src.shape[2],
                              src.shape[3], src.shape[4], end, index.data_ptr(), src.element_size()))
     _native("gather_rows", library().gather_rows, args.buffer_info()[0])
+
+
+# ----------------------------------------------------------------------------- dropout
+_DROPOUT = (torch.float32, torch.bfloat16)  # dropout.c's dtypes, in its `bf16` flag's order
+
+
+def dropout_ok(x: torch.Tensor, p: float) -> bool:
+    """Whether `dropout` can run on x here: the kernels loaded, an fp32 or bf16 CPU tensor,
+    0 < p < 1."""
+    return 0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype in _DROPOUT and library() is not None
+
+
+def _dropout_run(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    thr = min(round(p * 2**32), 2**32 - 1)
+    _native("dropout", library().dropout, x.data_ptr(), y.data_ptr(), x.numel(), _DROPOUT.index(x.dtype), seed,
+            thr, 1.0 / (1.0 - p))
+    return y
+
+
+class _HashDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+        ctx.p, ctx.seed = p, seed
+        return _dropout_run(x, p, seed)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _dropout_run(grad, ctx.p, ctx.seed), None, None  # the same mask and scale
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout (needs `dropout_ok`): each element zeroed with probability p, the
+    rest scaled by 1 / (1 - p), the mask a hash of a seed drawn from torch's default generator
+    and the element's index (dropout.c). Differentiable; the backward recomputes the mask."""
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    return _HashDropout.apply(x, p, seed)
