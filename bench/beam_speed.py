@@ -230,13 +230,14 @@ def main() -> None:
            "as approximate.)" if max(o, h) > ceiling else ""),
         "",
         "Reading it: CTranslate2 int8 and scratchlm int8-dynamic both run every linear layer "
-        f"in int8, the {VOCAB:,}-wide output layer included, and scratchlm picks each step's "
-        "candidates per beam (`sampling.topk_wide`). In the profile below the int8 layers "
-        "themselves lead; beside them attention over the 40 rows, the log-softmax over the "
-        "vocabulary and the KV-cache copies of the beam reorder (`index_select`). What would "
-        "close the gap: AMX-INT8 kernels for the linear layers (oneDNN's, as CTranslate2 uses "
-        "on such CPUs), and reordering the cache without copying it every step (a block table, "
-        "as vLLM's paged attention has).",
+        f"in int8, the {VOCAB:,}-wide output layer included. scratchlm runs each step's decoder "
+        "layers in one native call (`decode_layers`, decode.c), its w8a8 matmuls on AMX-INT8 "
+        "tiles where the CPU has them, and picks each beam's candidates in one pass over the "
+        "logits (`top_logprobs`: the top-k of the log-softmax without writing it). In the "
+        "profile below the layers and the output layer lead; the KV-cache copies of the beam "
+        "reorder (`gather_rows`, one memcpy per layer, row and head) come next. What would take "
+        "more: reordering the cache without copying it every step (a row table that attention "
+        "reads through, as vLLM's block table), and AMX for the w8a8g kernel.",
         "",
         C.profile_md(f"Where {best}'s time goes (torch.profiler over one call, encoding included: "
                      "self CPU time per decoding step, top 8 ops):", prof),

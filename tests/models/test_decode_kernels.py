@@ -180,3 +180,28 @@ def test_gather_rows_is_index_select_over_the_filled_positions(dtype):
     kernels.gather_rows(src, dst, index, 9)
     assert torch.equal(dst[:, :, :, :9], src.index_select(1, index)[:, :, :, :9])
     assert not dst[:, :, :, 9:].any()  # past `end`: untouched
+
+
+@pytest.mark.parametrize("rows,v,k", [(40, 58101, 10), (3, 17, 4), (2, 1000, 256), (5, 33, 33)])
+def test_top_logprobs_is_topk_of_log_softmax(rows, v, k):
+    x = torch.randn(rows, v) * 4
+    x[0, 5] = x[0, 9] = x[0].max() + 1  # a tie for the top: lower index first
+    vals, idx = kernels.top_logprobs(x, k)
+    ref = x.log_softmax(-1)
+    want = ref.topk(k, dim=-1).values
+    torch.testing.assert_close(vals, want, rtol=0, atol=1e-5)  # lse summed in another order
+    torch.testing.assert_close(ref.gather(1, idx), vals, rtol=0, atol=1e-5)  # each value is its index's
+    assert (vals[:, 1:] <= vals[:, :-1]).all()
+    assert idx[0, :2].tolist() == [5, 9]
+    assert all(len(set(r)) == k for r in idx.tolist())  # no index twice
+
+
+def test_top_logprobs_with_masked_logits():
+    x = torch.full((2, 50), float("-inf"))
+    x[0, [3, 7, 40]] = torch.tensor([1.0, 3.0, 2.0])
+    x[1] = torch.randn(50)
+    vals, idx = kernels.top_logprobs(x, 5)
+    assert idx[0, :3].tolist() == [7, 40, 3]
+    assert torch.isinf(vals[0, 3:]).all() and set(idx[0, 3:].tolist()) == {0, 1}  # filled with -inf at the first others
+    torch.testing.assert_close(vals[0, :3], x[0].log_softmax(-1)[[7, 40, 3]])
+    torch.testing.assert_close(vals[1], x[1].log_softmax(-1).topk(5).values)

@@ -124,13 +124,12 @@ def beam_search(
     done = [False] * B
 
     for step in range(n_new):
-        logprobs = _logprobs(logits, prompts, seqs, K, config)  # (B*K, V)
         # The 2K best candidates of a row (enough to refill K beams) are among the 2K best
         # tokens of each of its beams, as a beam adds one score to all its tokens: choose per
         # beam, then among K x 2K, not in one top-k over K x V scores (that top-k and the
         # K x V sum took 22% of a Marian beam-5 step on 8 sources).
         n = min(2 * K, V)
-        lp_top, tok_top = sampling.topk_wide(logprobs, n)  # (B*K, n)
+        lp_top, tok_top = _top_logprobs(logits, prompts, seqs, K, n, config)  # (B*K, n)
         cand = (beam_scores.view(B * K, 1) + lp_top).view(B, K * n)
         top_scores, pick = cand.topk(n, dim=-1)  # (B, n)
         top_tokens = tok_top.view(B, K * n).gather(1, pick)
@@ -181,16 +180,17 @@ def beam_search(
     return [f.hyps[: config.num_return_sequences] for f in finished]
 
 
-def _logprobs(logits: torch.Tensor, prompts: list[list[int]], seqs: list[list[int]], K: int,
-              config: BeamConfig) -> torch.Tensor:
-    """(B*K, V) next-token log-probabilities of the beams, after the repetition penalty and
-    n-gram blocking that `decode.next_token` applies (so beam 1 equals greedy with them)."""
+def _top_logprobs(logits: torch.Tensor, prompts: list[list[int]], seqs: list[list[int]], K: int, n: int,
+                  config: BeamConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each beam's n best next tokens (B*K, n) and their log-probabilities, after the
+    repetition penalty and n-gram blocking that `decode.next_token` applies (so beam 1 equals
+    greedy with them); without them, in one pass over the logits (`sampling.top_logprobs`)."""
     if config.repetition_penalty == 1.0 and config.no_repeat_ngram_size == 0:
-        return logits.log_softmax(-1)
+        return sampling.top_logprobs(logits, n)
     context = [prompts[row // K] + s for row, s in enumerate(seqs)]  # prompt + beam tokens
     if config.repetition_penalty != 1.0:
         seen = torch.zeros_like(logits, dtype=torch.bool)
         for row, ctx in enumerate(context):
             seen[row, ctx] = True
         logits = sampling.repetition_penalty(logits, seen, config.repetition_penalty)
-    return sampling.no_repeat_ngram(logits.log_softmax(-1), context, config.no_repeat_ngram_size)
+    return sampling.topk_wide(sampling.no_repeat_ngram(logits.log_softmax(-1), context, config.no_repeat_ngram_size), n)

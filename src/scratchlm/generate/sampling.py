@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from scratchlm.models import kernels
+
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style penalty (Keskar et al. 2019): logits of tokens in `seen` (B, V bool) are
@@ -100,3 +102,12 @@ def topk_wide(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.where(at < k * _CHUNK, best.gather(1, inside // _CHUNK) * _CHUNK + inside % _CHUNK,
                         n + at - k * _CHUNK)
     return values, index
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits.log_softmax(-1).topk(k)` for (R, V) rows: in one native pass a row where
+    scratchlm's kernels run (kernels.top_logprobs), else log_softmax and `topk_wide`."""
+    if (logits.dtype == torch.float32 and logits.device.type == "cpu" and k <= kernels.MAX_TOPK
+            and kernels.library() is not None):
+        return kernels.top_logprobs(logits, k)
+    return topk_wide(logits.log_softmax(-1), k)

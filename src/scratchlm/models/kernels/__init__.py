@@ -99,9 +99,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.amx_init.restype = ctypes.c_int
     lib.attend_one.argtypes = [p]
     lib.gather_rows.argtypes = [p]
+    lib.top_logprobs.argtypes = [p, i, i, i, p, p]
     lib.decode_layers.argtypes = [p, i, p]
     lib.dropout.argtypes = [p, p, i, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
-    for f in (lib.dropout, lib.gather_rows, lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
+    for f in (lib.dropout, lib.top_logprobs, lib.gather_rows, lib.attend_one, lib.decode_layers, lib.pack_w8a8, lib.pack_w8a32, lib.pack_w8a8g, lib.matmul_w8a8, lib.matmul_w8a32,
               lib.matmul_w8a8g):
         f.restype = None
     return lib
@@ -396,6 +397,19 @@ def gather_rows(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, end: 
     args = array.array("q", (src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], dst.shape[1], src.shape[2],
                              src.shape[3], src.shape[4], end, index.data_ptr(), src.element_size()))
     _native("gather_rows", library().gather_rows, args.buffer_info()[0])
+
+
+MAX_TOPK = 256  # decode.c's top_logprobs takes k up to this
+
+
+def top_logprobs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x.log_softmax(-1).topk(k)` for fp32 CPU rows (R, V), k <= MAX_TOPK: values largest
+    first (ties: lower index first) and their indices, in one native pass per row (decode.c)."""
+    x = x.contiguous()
+    vals, idx = torch.empty(x.shape[0], k), torch.empty(x.shape[0], k, dtype=torch.int64)
+    _native("top_logprobs", library().top_logprobs, x.data_ptr(), x.shape[0], x.shape[1], k, vals.data_ptr(),
+            idx.data_ptr())
+    return vals, idx
 
 
 # ----------------------------------------------------------------------------- dropout
