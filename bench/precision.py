@@ -103,13 +103,16 @@ def profile_ours(model, ids: torch.Tensor, steps: int = 16) -> list[list[str]]:
 def overhead_line(prof: list[list[str]]) -> str:
     """What profile_ours' last two rows say: op time against wall time per forward step."""
     ops, wall = float(prof[-2][1]), float(prof[-1][1])
-    return (f"At batch 1 the ops of a forward step take {ops:.1f} ms of its {wall:.1f} ms "
-            f"({prof[-2][3]} op calls a step). `scratchlm::decode_layers` is every layer in one "
-            "native call (models/kernels/decode.c: the int8 matmuls, norms, RoPE, the KV-cache "
-            "write and attention, as CTranslate2 and llama.cpp run a layer); the output layer "
-            "is `scratchlm::int8_*`; the other "
-            f"{max(wall - ops, 0):.1f} ms are Python and dispatch around them (embedding, the "
-            "final norm, the cache's bookkeeping).")
+    outside = (f"the other {wall - ops:.1f} ms are Python and dispatch around them (embedding, the "
+               "final norm, the cache's bookkeeping)." if wall > ops else
+               "the ops under the profiler took longer than the whole step without it (the "
+               "profiler's own cost, or a noisy machine), so the time outside them is too small "
+               "to measure this way.")
+    return (f"At batch 1 the ops of a forward step take {ops:.1f} ms under the profiler; the step "
+            f"takes {wall:.1f} ms without it ({prof[-2][3]} op calls a step). "
+            "`scratchlm::decode_layers` is every layer in one native call (models/kernels/decode.c: "
+            "the int8 matmuls, norms, RoPE, the KV-cache write and attention, as CTranslate2 and "
+            "llama.cpp run a layer); the output layer is `scratchlm::int8_*`; " + outside)
 
 
 def main() -> None:

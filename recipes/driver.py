@@ -139,6 +139,8 @@ def timing_table(recipe: Recipe, timings: dict[str, float], machine: dict | None
                      f"Python {machine.get('python', '?')}; 1-minute load average before each step "
                      f"{', '.join(f'{x:.1f}' for x in loads)} (above {machine.get('cpus', '?')} means other "
                      f"jobs shared the cores, and the times are longer than on an idle machine)."]
+        if "hardware" in machine:  # what train.dtype auto chose from: bf16 autocast where bf16 is fast
+            rows.append(f"Hardware: {machine['hardware']}.")
     return "\n".join(rows)
 
 
@@ -208,8 +210,10 @@ def run_recipe(recipe: Recipe, *, logs_root: Path = LOGS) -> None:
 
     import torch
 
+    from scratchlm.hardware import describe
+
     machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-               "threads": torch.get_num_threads(), "load": []}
+               "threads": torch.get_num_threads(), "hardware": describe(), "load": []}
     for i, step in enumerate(recipe.steps):
         out, err = log_paths(logs, i, step)
         machine["load"].append(round(os.getloadavg()[0], 2))

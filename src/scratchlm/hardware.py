@@ -110,7 +110,8 @@ def probe_bf16_speedup(*, n: int = 128, repeats: int = 15) -> float:
     """bf16 / fp32 throughput of an (n x 768) @ (768 x 768) GEMM: one thread (a busy
     machine stalls multi-threaded kernels at their barriers), fp32 and bf16 alternated, the
     best time of each (a shared machine only ever slows a run down). About 30 ms."""
-    a, b = torch.randn(n, 768), torch.randn(768, 768)
+    g = torch.Generator().manual_seed(0)  # not torch's default one: probing must not move a run's RNG
+    a, b = torch.randn(n, 768, generator=g), torch.randn(768, 768, generator=g)
     pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
     best = dict.fromkeys(pairs, float("inf"))
     threads = torch.get_num_threads()

@@ -205,3 +205,17 @@ def test_top_logprobs_with_masked_logits():
     assert torch.isinf(vals[0, 3:]).all() and set(idx[0, 3:].tolist()) == {0, 1}  # filled with -inf at the first others
     torch.testing.assert_close(vals[0, :3], x[0].log_softmax(-1)[[7, 40, 3]])
     torch.testing.assert_close(vals[1], x[1].log_softmax(-1).topk(5).values)
+
+
+def test_top_logprobs_nan_and_bad_k():
+    x = torch.randn(3, 2560)
+    x[0, 371] = x[1, 115] = float("nan")  # lane 3 of a chunk's last block: NaN must not become a chunk max
+    vals, idx = kernels.top_logprobs(x, 3)
+    clean = x.nan_to_num(nan=float("-inf"))
+    assert torch.equal(idx[:2], clean[:2].topk(3).indices) and torch.isnan(vals[:2]).all()  # as log_softmax: NaN
+    assert torch.equal(idx[2], x[2].topk(3).indices)
+    few = torch.tensor([[float("nan"), 1.0, float("nan"), 2.0]])
+    assert kernels.top_logprobs(few, 4)[1].tolist() == [[3, 1, 0, 2]]  # numbers first, then the first NaNs
+    for k in (0, 5, kernels.MAX_TOPK + 1):
+        with pytest.raises(ValueError, match="top_logprobs"):
+            kernels.top_logprobs(torch.randn(2, 4 if k == 5 else 1000), k)

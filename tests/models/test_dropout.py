@@ -76,3 +76,22 @@ def test_module_where_it_applies():
     assert torch.equal(Dropout(0.0)(x), x)
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))  # p = 1: torch's, all dropped
     assert not torch.equal(Dropout(0.5)(x.double()), x.double())  # fp64: torch's, still dropout
+
+
+def test_double_backward_goes_through_the_mask():
+    x = torch.randn(6, 30, dtype=torch.float32, requires_grad=True)
+    y = kernels.dropout(x, 0.3)
+    (g,) = torch.autograd.grad((y**2).sum(), x, create_graph=True)  # 2 y * mask * s
+    (h,) = torch.autograd.grad(g.sum(), x)  # 2 * (mask * s)^2
+    kept = y.detach() != 0
+    torch.testing.assert_close(h, kept * 2 * (1 / 0.7) ** 2)
+
+
+def test_probing_the_cpu_does_not_move_the_rng():
+    from scratchlm.hardware import probe_bf16_speedup
+
+    torch.manual_seed(3)
+    want = torch.rand(4)
+    torch.manual_seed(3)
+    probe_bf16_speedup(repeats=1)
+    assert torch.equal(torch.rand(4), want)

@@ -13,7 +13,7 @@ from scratchlm.models import kernels
 
 class Dropout(nn.Dropout):
     """nn.Dropout, whose mask on CPUs where scratchlm's kernels run is a hash of a seed from
-    torch's generator (kernels.dropout): ~50x faster than torch's CPU Bernoulli sampling, and
+    torch's generator (kernels.dropout): ~20x faster than torch's CPU Bernoulli sampling, and
     the backward pass keeps no mask. Same distribution, different draws; elsewhere (and under
     torch.compile, which cannot trace a ctypes call) torch's."""
 

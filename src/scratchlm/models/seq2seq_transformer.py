@@ -337,7 +337,7 @@ class Seq2SeqTransformer(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = output_logits(self.lm_head, x)  # (B, T, V)
-        if self.config.final_logits_bias:  # in place: a fresh tensor whose backward needs no copy
+        if self.config.final_logits_bias:  # in place: saves a (B, T, V) allocation (lm_head has no bias)
             logits += self.final_logits_bias.to(logits.dtype)
         if cache is None:
             return logits

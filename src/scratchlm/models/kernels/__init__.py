@@ -403,10 +403,15 @@ MAX_TOPK = 256  # decode.c's top_logprobs takes k up to this
 
 
 def top_logprobs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x.log_softmax(-1).topk(k)` for fp32 CPU rows (R, V), k <= MAX_TOPK: values largest
-    first (ties: lower index first) and their indices, in one native pass per row (decode.c)."""
+    """`x.log_softmax(-1).topk(k)` for fp32 CPU rows (R, V), 1 <= k <= min(V, MAX_TOPK): values
+    largest first (ties: lower index first) and their indices, in one native pass per row
+    (decode.c)."""
+    if x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or not 1 <= k <= min(x.shape[1], MAX_TOPK):
+        raise ValueError(f"top_logprobs takes fp32 CPU rows (R, V) and 1 <= k <= min(V, {MAX_TOPK}), "
+                         f"got {x.dtype} {x.device.type} {tuple(x.shape)} and k={k}")
     x = x.contiguous()
-    vals, idx = torch.empty(x.shape[0], k), torch.empty(x.shape[0], k, dtype=torch.int64)
+    vals = torch.empty(x.shape[0], k, dtype=torch.float32, device="cpu")
+    idx = torch.empty(x.shape[0], k, dtype=torch.int64, device="cpu")
     _native("top_logprobs", library().top_logprobs, x.data_ptr(), x.shape[0], x.shape[1], k, vals.data_ptr(),
             idx.data_ptr())
     return vals, idx
@@ -425,7 +430,7 @@ def dropout_ok(x: torch.Tensor, p: float) -> bool:
 def _dropout_run(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
-    thr = min(round(p * 2**32), 2**32 - 1)
+    thr = min(round(p * 2**32), 2**32 - 1)  # p within 2^-33 of 1 keeps 2^-32, not 1 - p: moot
     _native("dropout", library().dropout, x.data_ptr(), y.data_ptr(), x.numel(), _DROPOUT.index(x.dtype), seed,
             thr, 1.0 / (1.0 - p))
     return y
@@ -439,12 +444,13 @@ class _HashDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return _dropout_run(grad, ctx.p, ctx.seed), None, None  # the same mask and scale
+        # the same mask and scale; through apply again, so a double backward sees it
+        return _HashDropout.apply(grad, ctx.p, ctx.seed), None, None
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Training-mode dropout (needs `dropout_ok`): each element zeroed with probability p, the
     rest scaled by 1 / (1 - p), the mask a hash of a seed drawn from torch's default generator
     and the element's index (dropout.c). Differentiable; the backward recomputes the mask."""
-    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)) % 2**64  # all 64 bits
     return _HashDropout.apply(x, p, seed)

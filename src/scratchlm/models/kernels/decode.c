@@ -361,17 +361,19 @@ static int64_t insert(float *tv, int64_t *ti, int64_t n, int64_t cap, float val,
  * values the lower index first), and their indices: log_softmax(x)[i] = x[i] - lse with
  * lse = max + log sum_j e^(x[j] - max). Pass 1 takes the maxima of chunks of 128: the k-th
  * largest of them is a floor for the k largest values (k chunks reach it), so in pass 2,
- * over a row still in cache, only values at or above it join a sorted list of k (at most k
- * chunks' worth, whatever the order of the row), while the exponentials are summed. What
+ * over a row still in cache, only values at or above it join a sorted list of k (about k
+ * chunks' worth whatever the order of the row; more only where chunk maxima tie), while the
+ * exponentials are summed. What
  * log_softmax + top-k do, without writing V log-probabilities a row and reading them back:
  * ~1 ms for a beam-5 Marian step's 40 rows of 58,101 against ~5 ms. Among -inf values the
- * first indices are taken; NaN never counts as largest (a row with fewer than k other values
- * is filled with -inf at its first NaNs). */
+ * first indices are taken; NaN is never chosen before a number (a row with fewer than k
+ * numbers is filled at its first NaNs), and a row holding a NaN has NaN log-probabilities, as
+ * log_softmax gives. */
 void top_logprobs(const float *x, int64_t rows, int64_t v, int64_t k, float *vals, int64_t *idx) {
     int64_t n_chunks = (v + TOPK_CHUNK - 1) / TOPK_CHUNK;
 #pragma omp parallel if (rows * v > (1 << 18))
-    {
-        float *cmax = malloc((size_t)n_chunks * sizeof *cmax), fv[MAX_TOPK];
+    {  /* k <= min(v, MAX_TOPK), k >= 1: the Python side checks */
+        float cmax[n_chunks], fv[MAX_TOPK];  /* n_chunks: 2,048 for a 262,144-token vocabulary */
         int64_t fi[MAX_TOPK];
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
@@ -382,7 +384,8 @@ void top_logprobs(const float *x, int64_t rows, int64_t v, int64_t k, float *val
             for (int64_t c = 0; c < n_chunks; c++) {
                 __m512 cm = _mm512_set1_ps(-INFINITY);
                 for (int64_t j = c * TOPK_CHUNK; j < v && j < (c + 1) * TOPK_CHUNK; j += 16)
-                    cm = _mm512_max_ps(cm, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail(v - j), row + j));
+                    /* max(new, old): where an operand is NaN _mm512_max_ps returns the second, so NaN never enters */
+                    cm = _mm512_max_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail(v - j), row + j), cm);
                 cmax[c] = _mm512_reduce_max_ps(cm);
                 vmax = _mm512_max_ps(vmax, cm);
             }
@@ -405,6 +408,5 @@ void top_logprobs(const float *x, int64_t rows, int64_t v, int64_t k, float *val
             float lse = mx + logf(_mm512_reduce_add_ps(sum));
             for (int64_t i = 0; i < k; i++) tv[i] -= lse;
         }
-        free(cmax);
     }
 }
