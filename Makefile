@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/beam_speed.py
 	$(BIN)/python bench/smollm2_decode.py
+	$(BIN)/python recipes/tools.py smollm2 --out bench/out/smollm2 && $(BIN)/python bench/lora_step.py bench/out/smollm2 --dtype auto
 	$(BIN)/python bench/seq2seq_mt.py --minutes 12
 	$(BIN)/python bench/serve_load.py
 

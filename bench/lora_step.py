@@ -4,6 +4,7 @@ full fine-tuning: time per step and peak resident memory.
     .venv/bin/python bench/lora_step.py MODEL_DIR          # writes docs/benchmarks.md section
     .venv/bin/python bench/lora_step.py MODEL_DIR --quick  # 1 round, no doc update
     .venv/bin/python bench/lora_step.py MODEL_DIR --dtype bfloat16   # both under bf16 autocast
+    .venv/bin/python bench/lora_step.py MODEL_DIR --dtype auto       # what train.dtype auto picks here (make bench)
 
 MODEL_DIR is SmolLM2-135M-Instruct as a model directory (`scratchlm convert
 SmolLM2-135M-Instruct.Q4_1.gguf MODEL_DIR`; transformers loads the same directory), so both
@@ -128,12 +129,16 @@ def main() -> None:
         print(json.dumps(worker(*sys.argv[2:8])))
         return
     dtype = sys.argv[sys.argv.index("--dtype") + 1] if "--dtype" in sys.argv else "float32"
+    if dtype == "auto":  # as train.dtype auto on CPU: bf16 autocast where bf16 training is fast
+        from scratchlm.hardware import capabilities
+
+        dtype = "bfloat16" if capabilities().fast_bf16_training else "float32"
     if dtype not in ("float32", "bfloat16"):
-        sys.exit(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+        sys.exit(f"--dtype must be float32, bfloat16 or auto, got {dtype!r}")
     argv = [a for i, a in enumerate(sys.argv[1:]) if not (i and sys.argv[i] == "--dtype")]
     args = [a for a in argv if not a.startswith("--")]
     if not args:
-        sys.exit("usage: bench/lora_step.py MODEL_DIR [--quick] [--dtype float32|bfloat16]")
+        sys.exit("usage: bench/lora_step.py MODEL_DIR [--quick] [--dtype float32|bfloat16|auto]")
     model_dir, quick = args[0], C.argv_flag("--quick")
     info = C.env_info()
     rounds = 1 if quick else 3
