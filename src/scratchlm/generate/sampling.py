@@ -107,7 +107,6 @@ def topk_wide(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`logits.log_softmax(-1).topk(k)` for (R, V) rows: in one native pass a row where
     scratchlm's kernels run (kernels.top_logprobs), else log_softmax and `topk_wide`."""
-    if (logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.dim() == 2
-            and 1 <= k <= min(logits.shape[1], kernels.MAX_TOPK) and kernels.library() is not None):
+    if kernels.top_logprobs_ok(logits, k):
         return kernels.top_logprobs(logits, k)
     return topk_wide(logits.log_softmax(-1), k)

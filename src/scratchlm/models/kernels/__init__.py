@@ -402,11 +402,17 @@ def gather_rows(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, end: 
 MAX_TOPK = 256  # decode.c's top_logprobs takes k up to this
 
 
+def top_logprobs_ok(x: torch.Tensor, k: int) -> bool:
+    """Whether `top_logprobs` can run on x here: the kernels loaded, fp32 CPU rows (R, V),
+    1 <= k <= min(V, MAX_TOPK)."""
+    return (x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and 1 <= k <= min(x.shape[1], MAX_TOPK) and library() is not None)
+
+
 def top_logprobs(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x.log_softmax(-1).topk(k)` for fp32 CPU rows (R, V), 1 <= k <= min(V, MAX_TOPK): values
-    largest first (ties: lower index first) and their indices, in one native pass per row
-    (decode.c)."""
-    if x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or not 1 <= k <= min(x.shape[1], MAX_TOPK):
+    """`x.log_softmax(-1).topk(k)` where `top_logprobs_ok`: values largest first (ties: lower
+    index first) and their indices, in one native pass per row (decode.c)."""
+    if not top_logprobs_ok(x, k):
         raise ValueError(f"top_logprobs takes fp32 CPU rows (R, V) and 1 <= k <= min(V, {MAX_TOPK}), "
                          f"got {x.dtype} {x.device.type} {tuple(x.shape)} and k={k}")
     x = x.contiguous()
